@@ -1,0 +1,1 @@
+"""Built-in sam skills."""
