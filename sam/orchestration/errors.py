@@ -1,0 +1,28 @@
+"""Orchestration errors; all are SamError, so the CLI prints them as one line."""
+
+from sam.errors import InvalidInputError, SamError
+
+
+class SkillError(SamError):
+    """Base class of the orchestration errors."""
+
+
+class UnknownSkillError(SkillError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown skill"
+
+
+class DuplicateSkillError(SkillError):
+    """Two skills claim the same name."""
+
+
+class InvalidSkillError(SkillError):
+    """An object registered as a skill that does not satisfy the BaseSkill contract."""
+
+
+class PlanningError(SkillError):
+    """No plan reaches the goal: unknown goal, unsatisfiable input or a dependency cycle."""
+
+
+class EmptyQueryError(InvalidInputError):
+    """A request without any text."""
