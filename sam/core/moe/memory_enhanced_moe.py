@@ -172,6 +172,8 @@ class MemoryEnhancedMoE(nn.Module):
         stored = 0
         if use_memory:
             stored = self._store_rows(xs, y, experts, importance, {"few_shot": True})
+            for e in used:  # prototypes of the new classes go to semantic memory right away
+                self.experts[e].memory.consolidate()
         was_training = self.training
         self.train()
         params = [p for e in used for p in self.experts[e].parameters()]
@@ -183,7 +185,7 @@ class MemoryEnhancedMoE(nn.Module):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         self.eval()
         with torch.no_grad():
             final = float(F.cross_entropy(self(xs, use_memory=use_memory, exclude_self=True)[0], y))
