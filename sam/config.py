@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     permutation_file: Path | None = Field(None, description="TopHash permutation (safetensors).")
     max_steps: int | None = Field(None, description="Most optimisation steps per edit.")
     learning_rate: float | None = Field(None, description="Edit learning rate (SGD).")
+    # Chat layer (sam.orchestration): how a question becomes the prompt string generate() and edit() share.
+    prompt_format: str = Field("line", description="Prompt frame for chat questions: line (question + newline), "
+                                                  "qa ('Question: ...\\nAnswer:'), chat (ChatML template) or raw.")
+    min_edit_confidence: float = Field(0.5, ge=0.0, le=1.0,
+                                       description="Feedback read with less confidence than this is not turned into an edit.")
 
 
 def get_settings() -> Settings:

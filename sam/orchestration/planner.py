@@ -22,6 +22,7 @@ GOALS: dict[str, tuple[str, ...]] = {
     "correct": ("edit_id", "verification"),
     "feedback": ("feedback_kind",),
     "self_correct": ("corrections_report",),
+    "undo": ("reverted",),
 }
 
 

@@ -67,7 +67,8 @@ class BaseSkill(ABC):
         return [k for k in self.required_inputs if k not in have]
 
     def missing_outputs(self, uif: SAM_UIF) -> list[str]:
-        have = uif.available_keys()
+        # An output may legitimately be None (no edit fired); it must still have been written.
+        have = set(uif.intermediate_data) | ({"input_query"} if uif.input_query.strip() else set())
         return [k for k in self.output_keys if k not in have]
 
     @abstractmethod
