@@ -32,7 +32,7 @@ _STRONG = [  # (pattern, confidence): markers that name the right answer outrigh
     (r"^actually{d}(?P<a>.+)$", 0.8),
     (r"^(?:the )?answer (?:is|was){d}(?P<a>.+)$", 0.85),
     (r"^(?:it'?s|it is|its) actually{d}(?P<a>.+)$", 0.9),
-    (r"^(?P<a>[^,]+?),? (?:and )?not (?P<old>[^,]+?)[.!]*$", 0.7),
+    (r"^(?!.*\b(?:is|are|was|were|that'?s|it'?s|do|does|did)\s+not\b)(?P<a>[^,]+?),? (?:and )?not (?P<old>[^,]+?)[.!]*$", 0.7),
     (r"^not (?P<old>[^,]+?),\s*(?P<a>.+)$", 0.7),
 ]
 _STRONG = [(re.compile(p.format(d=_DASH), re.I), c) for p, c in _STRONG]
