@@ -31,7 +31,8 @@ class MemoryConfig:
     # search backend
     use_faiss: bool = False  # force FAISS; otherwise torch brute force below faiss_auto_size
     faiss_auto_size: int = 50000  # brute force and exact flat FAISS cost the same up to 100k (see bench cost)
-    faiss_nprobe: int = 16  # IVF lists probed once the index is large enough to be IVF
+    faiss_ivf_min_size: int = 8192  # FAISS index is exact (flat) below this, IVF (sqrt(n) lists) from here
+    faiss_nprobe: int = 32  # IVF lists probed
 
     def __post_init__(self) -> None:
         for name in ("short_term_capacity", "long_term_capacity", "episodic_capacity", "semantic_capacity"):

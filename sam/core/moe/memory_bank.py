@@ -28,7 +28,6 @@ from .config import MemoryConfig
 from .types import MemoryEntry, MemoryType
 
 _TYPE_CODE = {MemoryType.EPISODIC: 0, MemoryType.SEMANTIC: 1}
-_IVF_MIN = 8192  # below this FAISS uses an exact flat index (IVF needs ~39 training points per list)
 _SELF_SIM = 1.0 - 1e-5  # cosine above this counts as "the query itself" when exclude_self is on
 
 
@@ -72,6 +71,8 @@ class MemoryBank(nn.Module):
         self.long_term: dict[int, MemoryEntry] = {}
         self._next_id = 0
         self._by_hash: dict[str, int] = {}  # content hash -> id, so re-storing an experience refreshes it
+        self._hash_of: dict[int, str] = {}  # id -> content hash (reverse, so forgetting is O(1))
+        self._n_long = {t: 0 for t in MemoryType}  # long-term entries per type, so capacity checks are O(1)
         self._prototype_ids: dict[str, int] = {}  # label -> id of its semantic prototype
         self.counters = dict(consolidations=0, prunes=0, promoted=0, pruned=0, evicted=0, retrievals=0)
         self._rows: Optional[dict] = None  # stacked view of all entries, rebuilt when entries change
@@ -157,6 +158,7 @@ class MemoryBank(nn.Module):
         entry = MemoryEntry(self._next_id, content, value, memory_type, float(importance), 0, time.time(), metadata)
         self._next_id += 1
         self._by_hash[h] = entry.id
+        self._hash_of[entry.id] = h
         self.short_term[entry.id] = entry
         while len(self.short_term) > self.config.short_term_capacity:  # FIFO overflow: promote or forget
             _, oldest = self.short_term.popitem(last=False)
@@ -185,15 +187,20 @@ class MemoryBank(nn.Module):
 
     def _forget(self, e: MemoryEntry) -> None:
         self.short_term.pop(e.id, None)
-        self.long_term.pop(e.id, None)
-        for table in (self._by_hash, self._prototype_ids):
-            for k in [k for k, v in table.items() if v == e.id]:
-                del table[k]
+        if self.long_term.pop(e.id, None) is not None:
+            self._n_long[e.memory_type] -= 1
+        h = self._hash_of.pop(e.id, None)
+        if h is not None and self._by_hash.get(h) == e.id:
+            del self._by_hash[h]
+        if e.memory_type == MemoryType.SEMANTIC:  # a handful of prototypes: a scan is fine
+            for k in [k for k, v in self._prototype_ids.items() if v == e.id]:
+                del self._prototype_ids[k]
 
     def _promote(self, e: MemoryEntry) -> None:
         self.short_term.pop(e.id, None)
         e.tier = "long"
         self.long_term[e.id] = e
+        self._n_long[e.memory_type] += 1
         self.counters["promoted"] += 1
 
     def _score(self, e: MemoryEntry, now: float) -> float:
@@ -209,8 +216,10 @@ class MemoryBank(nn.Module):
     def _enforce_capacity(self) -> int:
         """Drop the least important long-term entries (then least used, then oldest) until within every capacity."""
         c, dropped = self.config, 0
-        if len(self.long_term) <= min(c.episodic_capacity, c.semantic_capacity, c.long_term_capacity):
-            return 0  # fast path: cannot be over any capacity
+        n = self._n_long
+        if (n[MemoryType.EPISODIC] <= c.episodic_capacity and n[MemoryType.SEMANTIC] <= c.semantic_capacity
+                and len(self.long_term) <= c.long_term_capacity):
+            return 0  # fast path: within every capacity
         rank = lambda e: (e.importance, e.access_count, e.timestamp)  # noqa: E731
         for mtype, cap in ((MemoryType.EPISODIC, c.episodic_capacity), (MemoryType.SEMANTIC, c.semantic_capacity)):
             of_type = [e for e in self.long_term.values() if e.memory_type == mtype]
@@ -253,6 +262,7 @@ class MemoryBank(nn.Module):
                 p = MemoryEntry(self._next_id, content, value, MemoryType.SEMANTIC, importance, 0, now, meta, "long")
                 self._next_id += 1
                 self.long_term[p.id] = p
+                self._n_long[MemoryType.SEMANTIC] += 1
                 self._prototype_ids[label] = p.id
         dropped = self._enforce_capacity()
         self.counters["consolidations"] += 1
@@ -301,8 +311,17 @@ class MemoryBank(nn.Module):
         sig = self._signature()
         if self._keys is None or self._keys[0] != sig:
             with torch.no_grad():
-                self._keys = (sig, self.encode(self._stack()["contents"]))
+                self._keys = (sig, self.encode(self._stack()["contents"]), {})
         return self._keys[1]
+
+    def _typed(self, tcode: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (N_t,), keys (N_t, M)) of one memory type, cached with the keys (no per-query gather)."""
+        keys = self.keys()
+        sub = self._keys[2]
+        if tcode not in sub:
+            rows = (self._stack()["types"] == tcode).nonzero().squeeze(1)
+            sub[tcode] = (rows, keys[rows])
+        return sub[tcode]
 
     def _use_faiss(self, n: int) -> bool:
         return self.config.use_faiss or n >= self.config.faiss_auto_size
@@ -314,10 +333,10 @@ class MemoryBank(nn.Module):
         sig = self._signature()
         hit = self._faiss.get(tcode)
         if hit is None or hit[0] != sig:
-            keys = self.keys() if rows is None else self.keys()[rows]
+            keys = self.keys() if tcode is None else self._typed(tcode)[1]
             kn = np.ascontiguousarray(keys.detach().float().cpu().numpy())
             n, M = kn.shape
-            if n >= _IVF_MIN:  # big enough for IVF (sqrt(n) lists, nprobe probed): approximate but sub-linear
+            if n >= self.config.faiss_ivf_min_size:  # big enough for IVF (sqrt(n) lists, nprobe probed): approximate but sub-linear
                 index = faiss.IndexIVFFlat(faiss.IndexFlatIP(M), M, int(math.sqrt(n)), faiss.METRIC_INNER_PRODUCT)
                 index.train(kn)
                 index.nprobe = self.config.faiss_nprobe
@@ -332,10 +351,11 @@ class MemoryBank(nn.Module):
         return sims, (idx if rows is None else rows[idx])
 
     def search(self, query: torch.Tensor, top_k: Optional[int] = None, memory_type: Optional[MemoryType] = None,
-               exclude_self: bool = False, count_access: bool = True) -> dict:
+               exclude_self: bool = False, count_access: bool = True, q_emb: Optional[torch.Tensor] = None) -> dict:
         """Batched top-k search. query (B, D) -> dict of (B, K) rows, sims, mask plus the stacked tensors.
 
         The search itself runs without grad; callers that train re-encode the K chosen contents with grad.
+        q_emb: the query already encoded (B, M), to skip encoding it once per search.
         """
         if not isinstance(query, torch.Tensor):
             raise InvalidInputError("query must be a tensor")
@@ -349,10 +369,10 @@ class MemoryBank(nn.Module):
             raise InvalidInputError(f"top_k must be > 0, got {k}")
         st = self._stack()
         B, N = query.shape[0], len(st["entries"])
-        rows, tcode = None, None
+        rows, tcode, keys = None, None, None
         if memory_type is not None:
             tcode = _TYPE_CODE[MemoryType(memory_type)]
-            rows = (st["types"] == tcode).nonzero().squeeze(1)  # (N_t,)
+            rows, keys = self._typed(tcode)  # (N_t,), (N_t, M)
         n_avail = N if rows is None else rows.numel()
         k = min(k, n_avail)
         out = dict(stack=st, rows=torch.zeros(B, 0, dtype=torch.long, device=query.device),
@@ -361,13 +381,13 @@ class MemoryBank(nn.Module):
             return out
         self.counters["retrievals"] += 1
         with torch.no_grad():
-            q = self.encode(query.to(self._device(), torch.float32))  # (B, M)
+            q = self.encode(query.to(self._device(), torch.float32)) if q_emb is None else q_emb.detach()  # (B, M)
             kk = k + 1 if exclude_self else k  # one spare slot for the query's own entry
             kk = min(kk, n_avail)
             if self._use_faiss(n_avail):
                 sims, idx = self._faiss_search(q, rows, tcode, kk)
             else:
-                keys = self.keys() if rows is None else self.keys()[rows]
+                keys = self.keys() if keys is None else keys
                 sims, idx = (q @ keys.T).topk(kk, dim=-1)  # (B, N) -> (B, K): one matrix product for the batch
                 if rows is not None:
                     idx = rows[idx]
@@ -445,6 +465,8 @@ class MemoryBank(nn.Module):
                 (self.short_term if e.tier == "short" else self.long_term)[e.id] = e
             self._next_id = int(meta["next_id"])
             self._by_hash = {k: int(v) for k, v in meta["by_hash"].items()}
+            self._hash_of = {v: k for k, v in self._by_hash.items()}
+            self._n_long = {t: sum(e.memory_type == t for e in self.long_term.values()) for t in MemoryType}
             self._prototype_ids = {k: int(v) for k, v in meta["prototype_ids"].items()}
             self.counters = {k: int(v) for k, v in meta["counters"].items()}
         except (KeyError, TypeError, ValueError) as e:

@@ -81,7 +81,8 @@ class MemoryExpert(nn.Module):
             return self.head(h), none
         # episodic neighbours and semantic prototypes are searched apart: prototypes are class-balanced, so a
         # class with 5 stored examples is not drowned by classes with hundreds (nearest-class-mean vs. kNN)
-        found = [self.memory.search(x, memory_type=t, exclude_self=exclude_self) for t in MemoryType]
+        q = self.memory.encode(x)  # (B, M), with grad
+        found = [self.memory.search(x, memory_type=t, exclude_self=exclude_self, q_emb=q) for t in MemoryType]
         st = found[0]["stack"]
         rows = torch.cat([f["rows"] for f in found], 1)  # (B, K) over both types
         mask = torch.cat([f["mask"] for f in found], 1)  # (B, K)
@@ -91,7 +92,6 @@ class MemoryExpert(nn.Module):
         keys = self.memory.encode(st["contents"][rows])  # (B, K, M)
         has = st["has_value"][rows]  # (B, K)
         vals = st["values"][rows] * has.unsqueeze(-1)  # (B, K, O)
-        q = self.memory.encode(x)  # (B, M)
         read = self.attention(q, keys, vals, mask)  # (B, M)
         h = h + self.fusion(torch.cat([h, read], -1))  # (B, H)
         out = self.head(h)  # (B, O)
