@@ -32,7 +32,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(demo_app, name="demo")
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, never wrapped
 
 # Unrelated questions re-asked after every edit: an edit must leave their answers alone.
 CONTROL_QUESTIONS = ["What is the capital of France?", "How many days are there in a week?"]
@@ -332,6 +332,38 @@ def feedback(ctx: typer.Context,
                 console.print(f"no edit: {escape(reply.text)} [dim]({kind})[/dim]")
             return
         _finish_edit(reply, state)
+
+
+@app.command("fix-facts")
+def fix_facts(ctx: typer.Context,
+              source: Annotated[Path, typer.Argument(help="Trusted facts: .jsonl, .csv (prompt/answer) or .sqlite.")],
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list the wrong answers.")] = False,
+              table_name: Annotated[str, typer.Option("--table", help="SQLite table holding the facts.")] = "facts",
+              limit: Annotated[Optional[int], typer.Option(help="Check at most this many facts.")] = None) -> None:
+    """Self-correction: ask every fact of SOURCE, edit the wrong answers, report what changed."""
+    from sam.orchestration.uif import SAM_UIF
+    from skills.factual_correction import load_facts
+
+    state = _state(ctx)
+    with _errors():
+        load_facts(source, table_name)  # a bad source fails before the model loads
+        with _chat_session(state, read_only=dry_run) as session:
+            uif = session.orchestrator.run(SAM_UIF(intermediate_data={
+                "fact_source": str(source), "dry_run": dry_run, "fact_table": table_name, "fact_limit": limit}),
+                "self_correct")
+            if not uif.ok:
+                _fail(uif.errors[0])
+        report = uif.get("corrections_report")
+        if state.json:
+            _emit_json(report)
+            return
+        table = Table(title=uif.final_response)
+        for col in ("question", "expected", "before", "after", "status"):
+            table.add_column(col, overflow="fold")
+        for it in report["items"]:
+            table.add_row(escape(it["prompt"]), escape(it["expected"]), escape(it["before"]),
+                          escape(it.get("after", "")), it["status"])
+        console.print(table)
 
 
 # --- edits ---------------------------------------------------------------------------------------

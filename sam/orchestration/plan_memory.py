@@ -42,10 +42,9 @@ class PlanMemory:
         return json.loads(json.dumps(self._plans))
 
     def _save(self) -> None:
-        if self.path is None:
-            return
+        if self.path is None or not self.path.parent.is_dir():
+            return  # no store yet (nothing was edited): do not create one just for plans
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".plans.", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:
                 json.dump(self._plans, f, indent=1)
