@@ -346,18 +346,23 @@ def _plots(summary: dict, cont_runs: list, out_dir: Path) -> list[str]:
     plt.close(fig)
     files.append(p.name)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, label in (("standard", "standard MoE (fine-tune)"), ("memory", "memory-enhanced MoE"),
-                        ("memory_no_steps", "memory, no gradient steps")):
-        mu = [summary["few_shot"][str(k)][name]["new"]["mean"] for k in SHOTS]
-        sd = [summary["few_shot"][str(k)][name]["new"]["std"] for k in SHOTS]
-        ax.errorbar(SHOTS, mu, yerr=sd, marker="o", capsize=3, label=label)
-    ax.set_xlabel("examples per new class")
-    ax.set_ylabel("accuracy on new classes (10-way)")
-    ax.set_xticks(SHOTS)
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    steps = summary.get("adapt_steps", "n")
+    for name, label, ls in (("standard", f"standard MoE, {steps} steps", "-"), ("memory", f"memory-enhanced, {steps} steps", "-"),
+                            ("memory_no_steps", "memory-enhanced, memory only (0 steps)", "-"),
+                            ("standard_long", f"standard MoE, {5 * steps if steps != 'n' else '5n'} steps", "--"),
+                            ("memory_long", f"memory-enhanced, {5 * steps if steps != 'n' else '5n'} steps", "--")):
+        for metric, ax in (("new", axes[0]), ("old", axes[1])):
+            mu = [summary["few_shot"][str(k)][name][metric]["mean"] for k in SHOTS]
+            sd = [summary["few_shot"][str(k)][name][metric]["std"] for k in SHOTS]
+            ax.errorbar(SHOTS, mu, yerr=sd, marker="o", capsize=3, label=label, linestyle=ls)
+    for ax, what in zip(axes, ("new classes 5-9", "old classes 0-4 (after adapting)")):
+        ax.set_xlabel("examples per new class")
+        ax.set_ylabel(f"10-way accuracy on {what}")
+        ax.set_xticks(SHOTS)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="center right")
     p = out_dir / "few_shot.png"
     fig.savefig(p, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -402,7 +407,7 @@ def main(seeds: int = 5, out_dir: Path = Path("results/moe"), quick: bool = Fals
                      acc_digits=ms([r[name]["acc_digits"] for r in spec_runs]),
                      acc_text=ms([r[name]["acc_text"] for r in spec_runs])) for name in ("standard", "memory")}
     sp["text_encoder"] = spec_runs[0]["text_encoder"]
-    summary = dict(few_shot=fs, continual=cl, specialization=sp, cost=c)
+    summary = dict(few_shot=fs, continual=cl, specialization=sp, cost=c, adapt_steps=s["adapt_steps"])
     wins = dict(
         # same adaptation steps for both; "all" = 10-way accuracy over old and new test classes together
         few_shot_new={k: fs[str(k)]["memory"]["new"]["mean"] > fs[str(k)]["standard"]["new"]["mean"] for k in SHOTS},
