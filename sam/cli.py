@@ -415,7 +415,7 @@ def edits_revert(ctx: typer.Context, edit_id: Annotated[int, typer.Argument(help
 
         uif = session.orchestrator.run(SAM_UIF(intermediate_data={"revert_id": edit_id}), "undo")
         if not uif.ok:
-            _fail(uif.errors[0].split(": ", 1)[-1].removeprefix("UnknownEditError: ").removeprefix("InvalidInputError: "))
+            _fail(uif.errors[0])
         info = uif.get("reverted")
         if state.json:
             _emit_json(info)

@@ -228,6 +228,10 @@ class FeedbackHandler(BaseSkill):
                     edit_source="remember")
             uif.pending_goals = [*uif.pending_goals, "correct"]
         else:
+            if fb.kind == "clarification" and fb.subject:
+                # "I meant the capital of Austria" -> ask "What is the capital of Austria?"
+                q = fb.subject if fb.subject.endswith("?") else fact_question(fb.subject)
+                uif.put(self.name, clarified_question=q)
             uif.final_response = self._summary(fb)
         return uif
 

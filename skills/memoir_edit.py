@@ -34,7 +34,8 @@ class MEMOIR_EditSkill(BaseSkill):  # noqa: N801 - the name of the design notes
                    "target_accuracy": result.target_accuracy, "expert": result.expert}
         uif.put(self.name, edit_id=result.edit_id, edit_success=result.success, edit_metrics=metrics,
                 answers_before=answers_before, control_prompts=controls)
-        uif.log("edit", f"#{result.edit_id} '{target}' in {result.steps} steps, loss {result.loss:.3f}", self.name)
+        context = f" from '{uif.get('edit_context')}'" if uif.get("edit_context") else ""
+        uif.log("edit", f"#{result.edit_id} '{target}'{context} in {result.steps} steps, loss {result.loss:.3f}", self.name)
         if not result.success:
             uif.warn(f"training stopped at token accuracy {result.target_accuracy:.2f}", self.name)
         return uif

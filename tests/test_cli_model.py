@@ -60,7 +60,7 @@ def test_chat_with_piped_stdin(store):
     result = sam(store, "chat", input=script)
     assert result.exit_code == 0, result.output
     out = result.output
-    assert out.count("you>") == 6 and "never read" not in out  # /quit stops reading
+    assert out.count("you>") == 7 and "never read" not in out  # /quit stops reading
     assert "sam>" in out and "a confirmation: nothing to edit" in out
     assert "unknown command /bogus" in out and "usage: /correct ANSWER" in out
     assert "/undo" in out and "0 active edit(s)" in out

@@ -165,3 +165,10 @@ def test_low_confidence_feedback_is_refused_by_the_edit_skill():
     uif = orch.run(SAM_UIF(input_query=QUESTION, intermediate_data={
         "feedback": "It's Canberra actually", "previous_answer": PREVIOUS}), "feedback")  # confidence 0.6
     assert uif.status == "failed" and "below the edit floor 0.75" in uif.errors[0]
+
+
+def test_clarification_yields_the_clarified_question():
+    uif = _orchestrator().run(SAM_UIF(input_query=QUESTION, intermediate_data={
+        "feedback": "I meant the capital of Austria", "previous_answer": PREVIOUS}), "feedback")
+    assert uif.ok and uif.get("feedback_kind") == "clarification"
+    assert uif.get("clarified_question") == "What is the capital of Austria?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from sam.errors import SamError
 from sam.orchestration.errors import PlanningError, UnknownSkillError
 from sam.orchestration.plan_memory import PlanMemory
 from sam.orchestration.planner import DynamicPlanner
@@ -85,7 +86,8 @@ class Orchestrator:
                 result = skill.execute(uif)
             except Exception as exc:  # noqa: BLE001 - any skill failure becomes a failed UIF
                 self._time(uif, name, t0)
-                uif.fail(f"{type(exc).__name__}: {exc}", name)
+                # sam's own errors are written for users; anything else also names its type.
+                uif.fail(str(exc) if isinstance(exc, SamError) else f"{type(exc).__name__}: {exc}", name)
                 return False
             if isinstance(result, SAM_UIF) and result is not uif:
                 # A skill may return a new UIF; carry on with it, keeping the trace in one place.

@@ -99,7 +99,7 @@ class ChatSession:
         if last is not None:
             data.update(previous_prompt=last.prompt, previous_answer=last.answer, question=last.question)
         uif = self.orchestrator.run(self._uif(last.question if last else "", **data), "feedback")
-        if "edit_id" in uif.intermediate_data or ("correct" in (uif.goal or "") and not uif.ok):
+        if "edit_id" in uif.intermediate_data:
             return self._edited(uif)
         if not uif.ok:
             return Reply("error", uif.errors[0], uif)
@@ -141,8 +141,7 @@ class ChatSession:
         if reply.kind == "feedback" and kind in ASK_KINDS:
             return self.ask(line)
         if reply.kind == "feedback" and kind == "clarification":
-            clarified = reply.uif.get("feedback") if reply.uif else line
-            return self.ask(clarified)
+            return self.ask(reply.uif.get("clarified_question") or line)
         return reply
 
     def _command(self, line: str) -> Reply:
