@@ -100,7 +100,8 @@ def _demo_pruning(console, device: str) -> dict:
     dt = (time.perf_counter() - t0) * 1e3
     left = [e.importance for e in bank.entries()]
     console.print(f"  stored 400 (importance uniform in [0, 1]); FIFO overflow forgot {st0['evicted']} below the "
-                  f"promotion threshold; {st0['total']} held before pruning")
+                  f"promotion threshold, capacity limits dropped {400 + st0['semantic'] - st0['evicted'] - st0['total']} "
+                  f"more; {st0['total']} held before pruning")
     console.print(f"  prune(): dropped {res['pruned']}, {res['remaining']} remain, min importance left "
                   f"{min(left):.3f} (floor {cfg.min_importance}), episodic long-term "
                   f"{sum(e.memory_type == MemoryType.EPISODIC and e.tier == 'long' for e in bank.entries())} "
