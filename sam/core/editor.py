@@ -101,6 +101,13 @@ class MemoirEditor:
         self.files = _StoreFiles(Path(store))
         self._lock_fd: int | None = None
         self._prepare_store()
+        try:
+            self._open(config, permutation_file, repair)
+        except BaseException:  # a failed open must not keep the writer lock (nor the database) for the process
+            self.close()
+            raise
+
+    def _open(self, config: EditorConfig, permutation_file: Path | None, repair: bool) -> None:
         depth = num_layers(self.model)
         self.layer = config.resolved_layer(depth)
         if not 0 <= self.layer < depth:
@@ -113,7 +120,7 @@ class MemoirEditor:
         identity = {"model": f"{Path(str(self.model_name)).name}:{tensor_digest(self.memory.base.weight)}",
                     "layer": self.layer, "d_ff": self.memory.in_features, "top_k": self.fingerprinter.top_k,
                     "fingerprinter": self.fingerprinter.digest()}
-        self.db = EditMaskDatabase(self.files.db, identity=identity, read_only=read_only)
+        self.db = EditMaskDatabase(self.files.db, identity=identity, read_only=self.read_only)
         self.prefixes = self._load_prefixes()
         self._cols: dict[int, tuple[int, torch.Tensor]] = {}  # active edit -> (expert, cols)
         self._usage: list[torch.Tensor] = []  # per expert: active edits using each column (d_ff,)
@@ -180,6 +187,7 @@ class MemoirEditor:
         return prefixes
 
     def _load_memory(self, repair: bool) -> None:
+        repaired = []
         for e in self.db.experts():
             path = self.files.memory / e["file"]
             try:
@@ -190,9 +198,13 @@ class MemoirEditor:
                     raise CorruptStoreError(f"memory file {path} is unreadable ({exc}); the edits are intact in "
                                             f"{self.files.db.name}: open with repair to rebuild it") from exc
                 self.memory.set_expert(e["id"], self._rebuild_expert(e["id"]))
+                repaired.append(e["id"])
         for edit_id, (expert, cols) in self.db.active_columns().items():
             self._track(edit_id, expert, cols.to(self.device))
         self.db.index()
+        if not self.read_only:
+            for expert in repaired:  # write the rebuilt memory over the unreadable file
+                self._swap_expert_file(expert, lambda: None)
 
     def _rebuild_expert(self, expert: int) -> torch.Tensor:
         """An expert's memory as the sum of its active edits' sparse deltas."""
@@ -204,8 +216,10 @@ class MemoirEditor:
         return weight
 
     def close(self) -> None:
-        self.memory.router = None
-        self.db.close()
+        if getattr(self, "memory", None) is not None:
+            self.memory.router = None
+        if getattr(self, "db", None) is not None:
+            self.db.close()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
