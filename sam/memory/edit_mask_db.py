@@ -102,8 +102,12 @@ class EditMaskDatabase:
     # --- writes ----------------------------------------------------------------------------------------
     @contextmanager
     def transaction(self):
-        """All writes inside commit together or not at all."""
-        with self.db.conn:
+        """All writes inside commit together or not at all.
+
+        sqlite-utils' own writes run in db.atomic(), which BEGINs and COMMITs when no transaction is
+        open: under a bare `with conn:` each insert committed at once and nothing rolled back. Inside
+        atomic() they become savepoints of this one transaction."""
+        with self.db.atomic():
             yield
 
     def insert_edit(self, *, prompt: str, target: str, cols: torch.Tensor, delta: torch.Tensor, expert: int,
