@@ -541,20 +541,33 @@ def verify(ctx: typer.Context,
 
 @bench_app.command("edit")
 def bench_edit(ctx: typer.Context,
-               sizes: Annotated[str, typer.Option(help="Comma-separated numbers of edits.")] = "1,10,100",
+               sizes: Annotated[str, typer.Option(help="Comma-separated numbers of sequential edits.")] = "1,10,100",
                out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/edit"),
-               seed: Annotated[int, typer.Option(help="Random seed.")] = 0) -> None:
+               data: Annotated[Optional[Path], typer.Option(help="zsRE-style JSON of edits (default: the shipped sample).")] = None,
+               compare_naive: Annotated[int, typer.Option(help="Also time this many edits with the naive loop.")] = 5,
+               generation: Annotated[bool, typer.Option(help="Also check generated answers.")] = True,
+               tag: Annotated[Optional[str], typer.Option(help="Name of the results file.")] = None) -> None:
     """Edit benchmark on the real model: reliability, generalisation, locality, time per edit."""
     state = _state(ctx)
     with _errors():
-        try:
-            size_list = [int(s) for s in sizes.split(",") if s.strip()]
-        except ValueError:
+        if not sizes.strip() or any(not s.strip().isdigit() for s in sizes.split(",")):
             _fail(f"--sizes wants comma-separated integers, got '{sizes}'")
         mod = _import("sam.bench.editing", "the edit benchmark")
-        result = _call(mod.main, sizes=size_list, out=out, out_dir=out, device=state.device, model=state.model,
-                       seed=seed, json_out=state.json)
-        _bench_result(result, state)
+        # The benchmark prints its own table (or JSON with --json) and writes <out>/<tag>.json.
+        mod.main(sizes=sizes, device=state.device, out=out, model=state.model, data=data,
+                 compare_naive=compare_naive, generation=generation, json_out=state.json, tag=tag)
+
+
+def _run_printing(fn, state: State, **kwargs) -> None:
+    """Run a benchmark that prints its own tables; with --json they go to stderr, the JSON to stdout."""
+    import contextlib
+
+    if not state.json:
+        fn(**kwargs)
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        result = fn(**kwargs)
+    _emit_json(result)
 
 
 @bench_app.command("moe")
@@ -564,9 +577,11 @@ def bench_moe(ctx: typer.Context,
               quick: Annotated[bool, typer.Option(help="Small settings for a smoke run.")] = False) -> None:
     """Memory-enhanced MoE benchmark (few-shot, continual learning, specialisation, cost)."""
     state = _state(ctx)
+    if seeds < 1:
+        _fail("--seeds must be at least 1")
     with _errors():
         mod = _import("sam.bench.moe", "the MoE benchmark")
-        _bench_result(mod.main(seeds=seeds, out_dir=out, quick=quick, device=state.device), state)
+        _run_printing(mod.main, state, seeds=seeds, out_dir=out, quick=quick, device=state.device)
 
 
 @demo_app.command("moe")
@@ -575,23 +590,7 @@ def demo_moe(ctx: typer.Context) -> None:
     state = _state(ctx)
     with _errors():
         mod = _import("sam.bench.moe_demo", "the MoE demo")
-        _bench_result(mod.main(device=state.device), state)
-
-
-def _bench_result(result: Any, state: State) -> None:
-    if isinstance(result, int) and not isinstance(result, bool):
-        if result:
-            raise typer.Exit(result)
-        return
-    if state.json:
-        _emit_json(result)
-    elif isinstance(result, dict):
-        table = Table(title="summary", show_header=False)
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")
-        for k, v in result.items():
-            table.add_row(str(k), escape(json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)))
-        console.print(table)
+        _run_printing(mod.main, state, device=state.device)
 
 
 # --- doctor --------------------------------------------------------------------------------------
