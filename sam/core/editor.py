@@ -48,7 +48,7 @@ class EditorConfig:
     stop_loss: float = 0.05  # early stop once the mean target NLL is below this
     n_prefixes: int = 2  # extra training copies behind short random prefixes
     prefix_tokens: int = 6
-    expert_load_bound: float = 4.0  # open a new expert when the mean column load would exceed this
+    expert_load_bound: float = 1.0  # open a new expert past this mean column load (measured: 1 keeps Rel >= 0.95 at T=1000)
     max_target_tokens: int = 64
     seed: int = 0
     fast: bool = True  # cache the layers below the edited one (False: the naive full-model loop)
@@ -422,8 +422,8 @@ class MemoirEditor:
         return self.db.get(edit_id)
 
     @torch.no_grad()
-    def generate_batch(self, prompts: list[str], max_new_tokens: int = 32, memory: bool = True) -> list[str]:
-        """Greedy continuations (text after the prompt), memory-aware."""
+    def generate_tokens(self, prompts: list[str], max_new_tokens: int = 32, memory: bool = True) -> list[list[int]]:
+        """Greedy continuation token ids per prompt (up to and excluding EOS), memory-aware."""
         for p in prompts:
             self._check_text(p, "prompt")
         enc = self._encode_prompts(prompts)
@@ -434,8 +434,16 @@ class MemoirEditor:
                                           pad_token_id=self.tokenizer.pad_token_id)
         finally:
             self.memory.enabled = True
-        new = out[:, enc["input_ids"].shape[1]:]
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            rows.append(row[: row.index(eos)] if eos in row else row)
+        return rows
+
+    def generate_batch(self, prompts: list[str], max_new_tokens: int = 32, memory: bool = True) -> list[str]:
+        """Greedy continuations (text after the prompt), memory-aware."""
+        return [self.tokenizer.decode(r, skip_special_tokens=True)
+                for r in self.generate_tokens(prompts, max_new_tokens, memory)]
 
     def generate(self, prompt: str, max_new_tokens: int = 32, memory: bool = True) -> str:
         return self.generate_batch([prompt], max_new_tokens, memory)[0]
