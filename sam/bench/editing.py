@@ -133,7 +133,8 @@ def _store_bytes(ed: MemoirEditor) -> int:
 
 def run(sizes: list[int], data: Path | None = None, model: str = "default", device: str = "cpu",
         config: EditorConfig | None = None, compare_naive: int = 5, generation: bool = True,
-        store: Path | None = None, batch_size: int = 32) -> dict:
+        store: Path | None = None, batch_size: int = 32, partial: Path | None = None) -> dict:
+    """partial: a JSON path rewritten after every checkpoint, so a cut-short run keeps what it measured."""
     sizes = sorted(set(sizes))
     config = config or EditorConfig()
     recs = load_records(data or default_data(), sizes[-1])
@@ -168,6 +169,8 @@ def run(sizes: list[int], data: Path | None = None, model: str = "default", devi
                           **{f"infer_{k}": v for k, v in inference_overhead(ed, done, bs=batch_size).items()}}
                     result["checkpoints"].append(cp)
                     console.print(_row_text(cp))
+                    if partial is not None:
+                        partial.write_text(json.dumps(result, indent=2))
         ed.close()
         if compare_naive:
             result["naive_vs_fast"] = compare_loops(recs[:compare_naive], model, device, config, tmp, seconds)
@@ -217,11 +220,11 @@ def main(sizes: str = "1,10,100,1000", device: str = "cpu", out: Path = Path("re
     """Run, print a rich table (or JSON) and write results/edit/<tag>.json."""
     config = EditorConfig(**{k: v for k, v in overrides.items() if v is not None})
     size_list = [int(s) for s in str(sizes).split(",") if s.strip()]
-    result = run(size_list, data, model, device, config, compare_naive, generation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = tag or f"edit_{device.split(':')[0]}_T{max(size_list)}"
     path = out / f"{name}.json"
+    result = run(size_list, data, model, device, config, compare_naive, generation, partial=path)
     path.write_text(json.dumps(result, indent=2))
     if json_out:
         print(json.dumps(result, indent=2))
