@@ -1,4 +1,4 @@
-"""MemoirEditor on the real default model (SmolLM2-135M-Instruct): three zsRE facts in one store.
+"""MemoirEditor on the real default model (SmolLM2-135M-Instruct): two zsRE facts in one store.
 
 The module shares one store (copied from a fitted empty template) and one set of edits; each test
 reopens the editor as it needs, so any of them also runs alone. The last one reverts the edits.
@@ -14,7 +14,7 @@ from sam.errors import CorruptStoreError, InvalidInputError, UnknownEditError
 from sam.orchestration.testing import fresh_store
 from sam.verify.phase_b import teacher_forced_logits
 
-RECORDS = (0, 1, 2)  # Watts Humphrey -> University of Michigan, Ramalinaceae -> Lamiinae, Denny Herzig -> winger
+RECORDS = (0, 1)  # Watts Humphrey -> University of Michigan (13 SGD steps), Ramalinaceae -> Lamiinae (4)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def real(tmp_path_factory, zsre):
     state["ed"] = ed
     state["before"] = teacher_forced_logits(ed, facts + locs)
     state["scores_before"] = [ed.score(*f) for f in facts]
-    state["loc_gen_before"] = ed.generate_batch([p for p, _ in locs], 8)
+    state["loc_gen_before"] = ed.generate_batch([p for p, _ in locs], 6)
     state["results"] = [ed.edit(*f) for f in facts]
     state["edited"] = teacher_forced_logits(ed, facts + locs)
     yield state
@@ -42,13 +42,13 @@ def reopen(state, **kw) -> MemoirEditor:
 
 def test_edits_take(real):
     ed = real["ed"]
-    assert real["scores_before"] != [1.0, 1.0, 1.0]  # the model did not know them all already
+    assert any(s < 1.0 for s in real["scores_before"])  # the model did not know them all already
     for r, (prompt, target) in zip(real["results"], real["facts"]):
         assert r.success, r
         assert ed.score(prompt, target) == 1.0
-        assert target.lower() in ed.generate(prompt, 12).lower()
+        assert target.lower() in ed.generate(prompt, 8).lower()
         assert ed.route(prompt)[0] == r.edit_id
-    assert len({r.edit_id for r in real["results"]}) == 3
+    assert len({r.edit_id for r in real["results"]}) == len(RECORDS)
 
 
 def test_locality_on_loc_prompts(real):
@@ -57,7 +57,7 @@ def test_locality_on_loc_prompts(real):
     for b, e in zip(real["before"][n:], real["edited"][n:]):
         assert torch.equal(b, e)  # unrelated prompts: the memory stayed silent, bit-identical logits
     assert all(ed.route(p)[0] is None for p, _ in real["locs"])
-    assert ed.generate_batch([p for p, _ in real["locs"]], 8) == real["loc_gen_before"]
+    assert ed.generate_batch([p for p, _ in real["locs"]], 6) == real["loc_gen_before"]
 
 
 def test_edits_survive_reopen_exactly(real):
@@ -81,13 +81,13 @@ def test_bad_input_errors(real):
         ed.revert(424242)
     with pytest.raises(InvalidInputError):
         ed.score("", target)
-    assert len(ed.edits(status=None)) == 3
+    assert len(ed.edits(status=None)) == len(RECORDS)
 
 
 def test_corrupt_expert_file_then_repair(real):
     real["ed"].close()
     files = sorted((real["store"] / "memory").glob("*.safetensors"))
-    assert len(files) == 1
+    assert len(files) == real["ed"].memory.num_experts  # one file per expert, older ones removed
     files[0].write_bytes(files[0].read_bytes()[:200])  # truncated mid-write, say
     with pytest.raises(CorruptStoreError, match="repair"):
         real["ed"] = MemoirEditor.open(real["store"])

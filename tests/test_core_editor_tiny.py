@@ -18,7 +18,7 @@ KINDS = ["llama", "gpt2"]
 
 
 def config(**kw) -> EditorConfig:
-    return EditorConfig(**{"layer": 1, "top_k": 16, "max_steps": 10, "lr": 500.0, **kw})
+    return EditorConfig(**{"layer": 1, "top_k": 16, "max_steps": 10, "lr": 500.0, "expert_load_bound": 4.0, **kw})
 
 
 @pytest.fixture(params=KINDS)
@@ -96,7 +96,7 @@ def test_two_edits_are_independent_and_one_file_per_expert(tmp_path, tiny_llama_
         r1, r2 = ed.edit(*FACT), ed.edit(*FACT2)
         assert r1.success and r2.success and r1.edit_id != r2.edit_id
         files = list((store / "memory").glob("*.safetensors"))
-        assert len(files) == 1  # the older file of the expert was replaced, not kept
+        assert ed.memory.num_experts == 1 and len(files) == 1  # the expert's older file was replaced, not kept
         ed.revert(r1.edit_id)
         assert ed.score(*FACT2) == 1.0 and ed.route(FACT2[0])[0] == r2.edit_id
         assert ed.route(FACT[0])[0] is None
