@@ -80,14 +80,14 @@ def test_fast_and_naive_loops_give_the_same_loss_sequence(tmp_path, kind, tiny_l
                                            max_steps=steps, stop_loss=0.0, fast=fast)
             return out
 
-        fast = [run(True, s) for s in range(5)]
-        naive = [run(False, s) for s in range(5)]
+        fast = [run(True, s) for s in range(4)]  # the loss after 0, 1, 2, 3 SGD steps
+        naive = [run(False, s) for s in range(4)]
     fast_losses, naive_losses = [o.loss for o in fast], [o.loss for o in naive]
     assert fast_losses == pytest.approx(naive_losses, rel=1e-4, abs=1e-5)
-    assert len(set(round(x, 6) for x in fast_losses)) == 5  # the loss does move: the comparison means something
+    assert len(set(round(x, 6) for x in fast_losses)) == 4  # the loss does move: the comparison means something
     assert torch.equal(fast[-1].cols, naive[-1].cols)  # the same fingerprint...
     assert torch.allclose(fast[-1].delta, naive[-1].delta, rtol=1e-3, atol=1e-4)  # ...and the same trained delta
-    assert [o.steps for o in fast] == list(range(5))
+    assert [o.steps for o in fast] == list(range(4))
 
 
 def test_two_edits_are_independent_and_one_file_per_expert(tmp_path, tiny_llama_dir):
