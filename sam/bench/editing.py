@@ -77,7 +77,10 @@ def _generated(ed: MemoirEditor, prompts, lengths, memory=True, bs=32):
     return out
 
 
-def evaluate(ed: MemoirEditor, recs: list[dict], subjects: Counter, generation: bool = True, bs: int = 32) -> dict:
+def evaluate(ed: MemoirEditor, recs: list[dict], subjects: Counter, generation: bool = True, bs: int = 32,
+             neighbours: list[dict] = ()) -> dict:
+    """neighbours: unedited records; their questions share templates with the edited ones, a harder
+    locality test than zsRE's `loc` (natural questions of another form)."""
     rel = _teacher_forced(ed, [(r["src"], r["alt"]) for r in recs], bs=bs)
     gen = _teacher_forced(ed, [(r["rephrase"], r["alt"]) for r in recs], bs=bs)
     loc_pairs = [(r["loc"], r["loc_ans"]) for r in recs]
@@ -92,6 +95,11 @@ def evaluate(ed: MemoirEditor, recs: list[dict], subjects: Counter, generation: 
         "n_unique_subject": len(unique),
         "loc_tf": statistics.fmean(float((a[0] == b[0]).float().mean()) for a, b in zip(loc_post, loc_pre)),
     }
+    if neighbours:
+        pairs = [(r["src"], r["pred"] or r["alt"]) for r in neighbours]
+        post, pre = _teacher_forced(ed, pairs, bs=bs), _teacher_forced(ed, pairs, memory=False, bs=bs)
+        m["loc_neighbour_tf"] = statistics.fmean(float((a[0] == b[0]).float().mean()) for a, b in zip(post, pre))
+        m["n_neighbours"] = len(pairs)
     if generation:
         lens = [len(t) for _, t in rel]
         g_rel = _generated(ed, [r["src"] for r in recs], lens, bs=bs)
@@ -133,11 +141,13 @@ def _store_bytes(ed: MemoirEditor) -> int:
 
 def run(sizes: list[int], data: Path | None = None, model: str = "default", device: str = "cpu",
         config: EditorConfig | None = None, compare_naive: int = 5, generation: bool = True,
-        store: Path | None = None, batch_size: int = 32, partial: Path | None = None) -> dict:
+        store: Path | None = None, batch_size: int = 32, partial: Path | None = None,
+        n_neighbours: int = 200) -> dict:
     """partial: a JSON path rewritten after every checkpoint, so a cut-short run keeps what it measured."""
     sizes = sorted(set(sizes))
     config = config or EditorConfig()
-    recs = load_records(data or default_data(), sizes[-1])
+    recs = load_records(data or default_data(), sizes[-1] + n_neighbours)
+    recs, spare = recs[: sizes[-1]], recs[sizes[-1]:]
     tmp = Path(tempfile.mkdtemp(prefix="sam-bench-"))
     store = store or tmp / "store"
     result = {"model": model, "device": device, "config": asdict(config), "sizes": sizes,
@@ -159,7 +169,7 @@ def run(sizes: list[int], data: Path | None = None, model: str = "default", devi
                 if i in sizes:
                     bar.update(task, info=f"evaluating T={i}")
                     done = recs[:i]
-                    cp = {"T": i, **evaluate(ed, done, Counter(r["subject"] for r in done), generation, batch_size),
+                    cp = {"T": i, **evaluate(ed, done, Counter(r["subject"] for r in done), generation, batch_size, spare),
                           "median_edit_seconds": statistics.median(seconds),
                           "mean_edit_seconds": statistics.fmean(seconds),
                           "median_steps": statistics.median(steps), "train_success": statistics.fmean(success),
@@ -193,7 +203,9 @@ def compare_loops(recs, model, device, config, tmp: Path, fast_seconds: list[flo
 
 
 def _row_text(cp: dict) -> str:
-    return (f"T={cp['T']}: Rel {cp['rel_tf']:.3f} Gen {cp['gen_tf']:.3f} Loc {cp['loc_tf']:.3f} "
+    return (f"T={cp['T']}: Rel {cp['rel_tf']:.3f} Gen {cp['gen_tf']:.3f} (unique subject "
+            f"{cp['gen_tf_unique_subject'] or float('nan'):.3f}) Loc {cp['loc_tf']:.3f} "
+            f"Loc-neighbour {cp.get('loc_neighbour_tf', float('nan')):.3f} "
             f"(EM {cp.get('rel_em', float('nan')):.3f}/{cp.get('gen_em', float('nan')):.3f}/"
             f"{cp.get('loc_em', float('nan')):.3f}), {cp['median_edit_seconds']:.2f} s/edit, "
             f"{cp['experts']} experts, overhead {cp['infer_overhead']:+.1%}")
@@ -201,13 +213,14 @@ def _row_text(cp: dict) -> str:
 
 def render(result: dict) -> Table:
     t = Table(title=f"sequential zsRE editing — {result['model']} on {result['device']}, layer {result.get('layer')}")
-    cols = ["T", "Rel", "Gen", "Gen uniq", "Loc", "Rel EM", "Gen EM", "Loc EM", "s/edit (median)",
+    cols = ["T", "Rel", "Gen", "Gen uniq", "Loc", "Loc nbr", "Rel EM", "Gen EM", "Loc EM", "s/edit (median)",
             "experts", "overhead", "bytes/edit"]
     for c in cols:
         t.add_column(c, justify="right")
     f = lambda v: "—" if v is None else f"{v:.3f}"
     for cp in result["checkpoints"]:
         t.add_row(str(cp["T"]), f(cp["rel_tf"]), f(cp["gen_tf"]), f(cp["gen_tf_unique_subject"]), f(cp["loc_tf"]),
+                  f(cp.get("loc_neighbour_tf")),
                   f(cp.get("rel_em")), f(cp.get("gen_em")), f(cp.get("loc_em")),
                   f"{cp['median_edit_seconds']:.3f}", str(cp["experts"]), f"{cp['infer_overhead']:+.1%}",
                   f"{cp['bytes_per_edit'] / 1024:.0f} KiB")

@@ -36,6 +36,19 @@ def _cache_kwarg(module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _fork_cache(cache):
+    """A copy of a KV cache that a forward may extend without touching the original. Cache layers
+    grow by torch.cat into new tensors, so copying the containers is enough (a deepcopy costs
+    ~0.25 s a step on CPU)."""
+    fork = copy.copy(cache)
+    if isinstance(getattr(cache, "layers", None), list):
+        fork.layers = [copy.copy(layer) for layer in cache.layers]
+    for name in ("key_cache", "value_cache"):  # older transformers
+        if isinstance(getattr(cache, name, None), list):
+            setattr(fork, name, list(getattr(cache, name)))
+    return fork
+
+
 def _returned_cache(out):
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
@@ -108,7 +121,7 @@ class EditTrainer:
                 cache = _returned_cache(out)
                 with capture_layer_input(self.layers, self.layer) as cap:
                     self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, H:],
-                              use_cache=True, **{self.cache_kw: copy.deepcopy(cache)})
+                              use_cache=True, **{self.cache_kw: _fork_cache(cache)})
         finally:
             self.memory.on_input = None
             self.memory.enabled = True
@@ -121,7 +134,7 @@ class EditTrainer:
         def loss_fn():
             with start_at_layer(self.layers, self.layer, hidden):
                 h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, H:], use_cache=True,
-                              **{self.cache_kw: copy.deepcopy(cache)}).last_hidden_state  # (B, n_target, d)
+                              **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, n_target, d)
             logits = logits_from_hidden(self.model, h.reshape(-1, h.shape[-1]))  # (B * n_target, V)
             return F.cross_entropy(logits.float(), labels), logits
 
