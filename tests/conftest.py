@@ -68,3 +68,12 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 def zsre() -> list[dict]:
     """The committed zsRE sample (200 records; 54 and 103 have an empty `alt`)."""
     return json.loads(ZSRE_SAMPLE.read_text())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small-op tests on 2 shared cores: intra-op threads fighting other processes made them ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -6,13 +6,7 @@ import torch
 from sam.bench.moe import FS_VARIANTS, SHOTS, main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: intra-op threads fighting other processes made small ops ~10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quick_benchmark_writes_json_and_plots(tmp_path):

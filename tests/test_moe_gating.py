@@ -4,13 +4,7 @@ import torch
 from sam.core.moe import GatingNetwork
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: intra-op threads fighting other processes made small ops ~10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_weights_are_sparse_top_k_and_sum_to_one():

@@ -7,13 +7,7 @@ from sam.core.moe import MemoryBank, MemoryConfig, MemoryType
 from sam.errors import CorruptStoreError, InvalidInputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: intra-op threads fighting other processes made small ops ~10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw):
