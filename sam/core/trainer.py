@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sam.core.batching import encode_pair, encode_pairs
+from sam.core.fingerprinter import TopHashFingerprinter
 from sam.core.layer_cache import capture_layer_input, start_at_layer
 from sam.core.model_layers import ResidualMemoryLayer, TrainSlot
 
@@ -156,8 +157,6 @@ class EditTrainer:
         finally:
             self.memory.on_input = None
             self.memory.enabled = True
-        from sam.core.fingerprinter import TopHashFingerprinter
-
         cols = fingerprint(TopHashFingerprinter.pool(box["x"][:1], batch.prompt_mask[:1]))[0]
         expert = choose_expert(cols)
         answer = answer_positions(batch.prompt_mask) & batch.attention_mask.bool()
