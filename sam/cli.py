@@ -546,6 +546,8 @@ def bench_edit(ctx: typer.Context,
                data: Annotated[Optional[Path], typer.Option(help="zsRE-style JSON of edits (default: the shipped sample).")] = None,
                compare_naive: Annotated[int, typer.Option(help="Also time this many edits with the naive loop.")] = 5,
                generation: Annotated[bool, typer.Option(help="Also check generated answers.")] = True,
+               generation_max: Annotated[Optional[int], typer.Option(
+                   help="Skip generated answers at checkpoints past this many edits.")] = None,
                tag: Annotated[Optional[str], typer.Option(help="Name of the results file.")] = None) -> None:
     """Edit benchmark on the real model: reliability, generalisation, locality, time per edit."""
     state = _state(ctx)
@@ -555,7 +557,8 @@ def bench_edit(ctx: typer.Context,
         mod = _import("sam.bench.editing", "the edit benchmark")
         # The benchmark prints its own table (or JSON with --json) and writes <out>/<tag>.json.
         mod.main(sizes=sizes, device=state.device, out=out, model=state.model, data=data,
-                 compare_naive=compare_naive, generation=generation, json_out=state.json, tag=tag)
+                 compare_naive=compare_naive, generation=generation, generation_max=generation_max,
+                 json_out=state.json, tag=tag)
 
 
 def _run_printing(fn, state: State, **kwargs) -> None:

@@ -154,3 +154,20 @@ def test_memoir_block_runs_the_models_own_layer():
     assert isinstance(block.block.mlp.down_proj, ResidualMemoryLayer) and block.memory is block.block.mlp.down_proj
     with torch.no_grad():
         assert torch.equal(model(input_ids=x).logits, before)
+
+
+def test_opening_experts_keeps_the_others_and_starts_at_zero():
+    model = tiny("llama").requires_grad_(False)
+    layer, _ = attach_memory(model, 2)
+    weights = []
+    for e in range(20):  # past two doublings of the spare buffer (8, 16, 32)
+        assert layer.add_expert() == e
+        assert not layer.memory[e].any()
+        w = torch.randn(layer.out_features, layer.in_features)
+        layer.set_expert(e, w)
+        weights.append(w)
+    assert layer.memory.shape == (20, layer.out_features, layer.in_features)
+    assert all(torch.equal(layer.memory[e], w) for e, w in enumerate(weights))
+    saved = layer.memory[:3].clone()
+    layer.memory = saved  # a memory swapped in from outside is copied into a fresh buffer, not lost
+    assert layer.add_expert() == 3 and torch.equal(layer.memory[:3], saved) and not layer.memory[3].any()

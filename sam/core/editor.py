@@ -52,6 +52,7 @@ class EditorConfig:
     max_target_tokens: int = 64
     seed: int = 0
     fast: bool = True  # cache the layers below the edited one (False: the naive full-model loop)
+    head_dtype: str = "auto"  # lm_head copy for the fast loop's logits: auto (bf16 where fast), bfloat16, float32
 
     def resolved_layer(self, depth: int) -> int:
         return self.layer if self.layer is not None else int(round(0.85 * (depth - 1)))
@@ -126,7 +127,10 @@ class MemoirEditor:
         self._usage: list[torch.Tensor] = []  # per expert: active edits using each column (d_ff,)
         self._load_memory(repair)
         self.memory.router = self._route
-        self.trainer = EditTrainer(self.model, self.tokenizer, self.memory, self.site.layers, self.layer)
+        if config.head_dtype not in ("auto", "bfloat16", "float32"):
+            raise InvalidInputError(f"head_dtype {config.head_dtype!r}: want auto, bfloat16 or float32")
+        head_dtype = None if config.head_dtype == "auto" else getattr(torch, config.head_dtype)
+        self.trainer = EditTrainer(self.model, self.tokenizer, self.memory, self.site.layers, self.layer, head_dtype)
 
     # --- opening -----------------------------------------------------------------------------------------
     @classmethod

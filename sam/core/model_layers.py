@@ -54,6 +54,7 @@ class ResidualMemoryLayer(nn.Module):
         w = _weight(base)
         self.register_buffer("memory", torch.zeros(0, out_features, in_features, dtype=w.dtype, device=w.device),
                              persistent=False)  # (E, d_model, d_ff); saved by the editor, not the model
+        self._spare: torch.Tensor | None = None  # (capacity, d_model, d_ff) that `memory` views
         self.enabled = True
         self.router: Callable[[torch.Tensor], Route] | None = None
         self.train_slot: TrainSlot | None = None
@@ -69,9 +70,16 @@ class ResidualMemoryLayer(nn.Module):
         return self.memory.shape[0]
 
     def add_expert(self) -> int:
-        zero = self.memory.new_zeros(1, self.out_features, self.in_features)
-        self.memory = torch.cat([self.memory, zero], dim=0)
-        return self.num_experts - 1
+        """Open a zero expert. `memory` is a view of a buffer with spare rows that doubles when full,
+        so opening expert E does not copy the E before it (hundreds of MiB at a thousand edits)."""
+        n, spare = self.num_experts, self._spare
+        if spare is None or spare.shape[0] <= n or (n and spare.data_ptr() != self.memory.data_ptr()):
+            spare = self.memory.new_zeros(max(8, 2 * n), self.out_features, self.in_features)
+            spare[:n] = self.memory
+            self._spare = spare
+        spare[n].zero_()
+        self.memory = spare[: n + 1]
+        return n
 
     def set_expert(self, index: int, weight: torch.Tensor) -> None:
         if weight.shape != (self.out_features, self.in_features):

@@ -21,6 +21,7 @@ from sam.core.batching import encode_pair, encode_pairs
 from sam.core.fingerprinter import TopHashFingerprinter
 from sam.core.layer_cache import capture_layer_input, start_at_layer
 from sam.core.model_layers import ResidualMemoryLayer, TrainSlot
+from sam.core.output_loss import TargetNLL
 
 
 @dataclass
@@ -50,24 +51,35 @@ def _fork_cache(cache):
     return fork
 
 
+def _head_cache(cache, n_tail: int, n_head: int):
+    """The cache of a head + tail pass cut back to the head, or None where the cache can't be cut."""
+    try:
+        cache.crop(-n_tail)  # negative: drop that many tokens (every transformers version reads it so)
+    except (AttributeError, RuntimeError, ValueError, NotImplementedError):
+        return None
+    return cache if cache.get_seq_length() == n_head else None
+
+
 def _returned_cache(out):
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-
-
-def logits_from_hidden(model, h: torch.Tensor) -> torch.Tensor:
-    logits = model.get_output_embeddings()(h)
-    cfg = getattr(model.config, "text_config", None) or model.config
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 class EditTrainer:
     """Builds the training batch for (prompt, target), fingerprints the prompt and trains the delta."""
 
-    def __init__(self, model, tokenizer, memory: ResidualMemoryLayer, layers, layer: int):
+    def __init__(self, model, tokenizer, memory: ResidualMemoryLayer, layers, layer: int,
+                 head_dtype: torch.dtype | None = None):
         self.model, self.tokenizer, self.memory, self.layers, self.layer = model, tokenizer, memory, layers, layer
         self.base = model.base_model
         self.cache_kw = _cache_kwarg(self.base)
+        self.head_dtype = head_dtype  # None: bf16 where its matmul is fast (see output_loss)
+        self._nll: TargetNLL | None = None  # built on the first edit: it holds a copy of lm_head
+
+    @property
+    def nll(self) -> TargetNLL:
+        if self._nll is None:
+            self._nll = TargetNLL(self.model, self.head_dtype)
+        return self._nll
 
     def _steps(self, loss_fn, slot: TrainSlot, lr: float, max_steps: int, stop_loss: float):
         opt = torch.optim.SGD([slot.delta], lr=lr)
@@ -113,31 +125,32 @@ class EditTrainer:
         pos = (mask.cumsum(1) - 1).clamp_min(0)
         head_ids, head_mask, tail_ids, labels, mask, pos = (t.to(device) for t in
                                                             (head_ids, head_mask, tail_ids, labels, mask, pos))
-        box: dict[str, list] = {"x": []}
-        self.memory.on_input = lambda x: box["x"].append(x.detach())
+        box: dict[str, torch.Tensor] = {}
+        self.memory.on_input = lambda x: box.__setitem__("x", x.detach())
         self.memory.enabled = False
-        try:
-            with torch.no_grad():
-                out = self.base(input_ids=head_ids, attention_mask=head_mask, position_ids=pos[:, :H], use_cache=True)
-                cache = _returned_cache(out)
-                with capture_layer_input(self.layers, self.layer) as cap:
-                    self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, H:],
-                              use_cache=True, **{self.cache_kw: _fork_cache(cache)})
+        try:  # one pass over head + tail: the head's KV cache and the stream entering layer L
+            with torch.no_grad(), capture_layer_input(self.layers, self.layer) as cap:
+                out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask,
+                                position_ids=pos, use_cache=True)
+            x = box["x"]  # (B, H + n_target, d_ff)
+            cache = _head_cache(_returned_cache(out), n_target, H)
+            if cache is None:  # a cache that cannot drop the tail: run the head on its own
+                with torch.no_grad():
+                    cache = _returned_cache(self.base(input_ids=head_ids, attention_mask=head_mask,
+                                                      position_ids=pos[:, :H], use_cache=True))
         finally:
             self.memory.on_input = None
             self.memory.enabled = True
-        x_head, x_tail = box["x"][0], box["x"][1]  # (B, H, d_ff), (B, n_target, d_ff)
-        plain = torch.cat([x_head[0, H - len(heads[0]):], x_tail[0, :1]], dim=0)  # the plain prompt's tokens
+        plain = x[0, H - len(heads[0]): H + 1]  # the plain prompt's tokens (its last one opens the tail)
         cols = fingerprint(plain.mean(dim=0, keepdim=True))[0]
         expert = choose_expert(cols)
-        hidden = cap["hidden"]
+        hidden = cap["hidden"][:, H:]  # (B, n_target, d)
 
         def loss_fn():
             with start_at_layer(self.layers, self.layer, hidden):
                 h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, H:], use_cache=True,
                               **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, n_target, d)
-            logits = logits_from_hidden(self.model, h.reshape(-1, h.shape[-1]))  # (B * n_target, V)
-            return F.cross_entropy(logits.float(), labels), logits
+            return self.nll(h.reshape(-1, h.shape[-1]), labels)  # loss, (B * n_target, V) logits
 
         slot = TrainSlot(expert, cols, torch.nn.Parameter(torch.zeros(self.memory.out_features, cols.numel(),
                                                                       device=device)))
