@@ -2,10 +2,11 @@
 
 The memory acts from the last prompt token on (the positions that produce the answer), so
 everything before that position is the same at every step. The fast loop therefore runs the
-model once over each row's head (prompt minus its last token) with a KV cache, once over the
-tail (last prompt token + target) to cache the stream entering the edited layer, and then each
-step runs only the tail through the layers from the edited one up, attending to the cached head.
-The naive loop (fast=False) runs the whole model over whole sequences every step, for comparison.
+model once over head (prompt minus its last token) + tail (last prompt token + target), keeps the
+head's KV cache and the stream entering the edited layer, and then each step runs only the tail
+through the layers from the edited one up, attending to the cached head. Its logits go through
+sam/core/output_loss.py (a bf16 copy of lm_head where that is fast). The naive loop (fast=False)
+runs the whole model over whole sequences every step, for comparison.
 """
 
 from __future__ import annotations
