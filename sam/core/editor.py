@@ -109,6 +109,8 @@ class MemoirEditor:
             raise
 
     def _open(self, config: EditorConfig, permutation_file: Path | None, repair: bool) -> None:
+        if config.head_dtype not in ("auto", "bfloat16", "float32"):
+            raise InvalidInputError(f"head_dtype {config.head_dtype!r}: want auto, bfloat16 or float32")
         depth = num_layers(self.model)
         self.layer = config.resolved_layer(depth)
         if not 0 <= self.layer < depth:
@@ -127,8 +129,6 @@ class MemoirEditor:
         self._usage: list[torch.Tensor] = []  # per expert: active edits using each column (d_ff,)
         self._load_memory(repair)
         self.memory.router = self._route
-        if config.head_dtype not in ("auto", "bfloat16", "float32"):
-            raise InvalidInputError(f"head_dtype {config.head_dtype!r}: want auto, bfloat16 or float32")
         head_dtype = None if config.head_dtype == "auto" else getattr(torch, config.head_dtype)
         self.trainer = EditTrainer(self.model, self.tokenizer, self.memory, self.site.layers, self.layer, head_dtype)
 
