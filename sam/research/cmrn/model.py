@@ -285,6 +285,7 @@ class CMRN(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "CMRN":
+        """Rebuild a saved model (in eval mode, as a loaded model is used for inference)."""
         from safetensors.torch import load_model
 
         path = Path(path)
@@ -302,4 +303,4 @@ class CMRN(nn.Module):
             from sam.research.cmrn.memory import PersistentMemory
 
             model.memory_system.token_memory = PersistentMemory.load(path / "memory", device)
-        return model
+        return model.eval()
