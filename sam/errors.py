@@ -30,3 +30,7 @@ class ModelNotFoundError(SamError):
 
 class StoreLockedError(SamError):
     """Another sam process holds the store's writer lock."""
+
+
+class EditFailedError(SamError):
+    """An edit that could not be made (training diverged, or it did not take): nothing was written."""

@@ -16,7 +16,7 @@ import torch
 
 class _LowPrecisionHeadNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, weight_lo, bias, labels, cap, support):  # h: (N, d), weight: (V, d), labels: (N,)
+    def forward(ctx, h, weight, weight_lo, bias, labels, cap, support, w):  # h: (N, d), weight: (V, d), labels, w: (N,)
         with torch.no_grad():
             z = (h.to(weight_lo.dtype) @ weight_lo.T).float()  # (N, V), low precision
             idx = torch.cat([labels[:, None], z.topk(support, dim=-1).indices], dim=1)  # (N, s + 1)
@@ -32,16 +32,16 @@ class _LowPrecisionHeadNLL(torch.autograd.Function):
             g[torch.arange(len(labels)), labels] -= 1.0
             if cap:  # d(cap * tanh(z / cap)) / dz
                 g = g * (1 - torch.tanh(z / cap) ** 2)
-        ctx.save_for_backward(weight_lo, g.to(weight_lo.dtype))
-        ctx.mark_non_differentiable(logits)
+        ctx.save_for_backward(weight_lo, g.to(weight_lo.dtype), w)
+        ctx.mark_non_differentiable(logits, nll)
         ctx.h_dtype = h.dtype
-        return nll.mean(), logits
+        return (w * nll).sum(), logits, nll
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_logits):
-        weight_lo, g = ctx.saved_tensors
-        grad_h = (g @ weight_lo).to(ctx.h_dtype) * (grad_loss / g.shape[0])  # (N, d)
-        return grad_h, None, None, None, None, None, None
+    def backward(ctx, grad_loss, _grad_logits, _grad_nll):
+        weight_lo, g, w = ctx.saved_tensors
+        grad_h = (g @ weight_lo).to(ctx.h_dtype) * (grad_loss * w)[:, None].to(ctx.h_dtype)  # (N, d)
+        return grad_h, None, None, None, None, None, None, None
 
 
 def low_precision_dtype(device: torch.device) -> torch.dtype:
@@ -65,6 +65,10 @@ class TargetNLL:
         self.cap = getattr(cfg, "final_logit_softcapping", None)
         self.support = min(support, self.weight.shape[0])
 
-    def __call__(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (N, d), labels (N,) -> the mean NLL (differentiable in h) and the (N, V) logits (no grad)."""
-        return _LowPrecisionHeadNLL.apply(h, self.weight, self.weight_lo, self.bias, labels, self.cap, self.support)
+    def __call__(self, h: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None):
+        """h (N, d), labels (N,), weights (N,) -> sum(weights * NLL) (differentiable in h; the mean NLL when
+        weights is None), the (N, V) logits and the per-position NLL (N,) (neither differentiable)."""
+        if weights is None:
+            weights = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
+        return _LowPrecisionHeadNLL.apply(h, self.weight, self.weight_lo, self.bias, labels, self.cap, self.support,
+                                          weights.float())

@@ -1,12 +1,20 @@
-"""Training one edit: only the memory columns of the edit's mask move; the model is frozen.
+"""Training edits: only each edit's own memory columns move; the model is frozen.
 
-The memory acts from the last prompt token on (the positions that produce the answer), so
-everything before that position is the same at every step. The fast loop therefore runs the
-model once over head (prompt minus its last token) + tail (last prompt token + target), keeps the
-head's KV cache and the stream entering the edited layer, and then each step runs only the tail
-through the layers from the edited one up, attending to the cached head. Its logits go through
-sam/core/output_loss.py (a bf16 copy of lm_head where that is fast). The naive loop (fast=False)
-runs the whole model over whole sequences every step, for comparison.
+For each edit the delta W_i (d_model, k) on its columns m_i minimises the mean NLL of the target
+(and the format's end of turn) after the prompt and after a few context variants of it:
+
+    min_W  mean_{rows r of edit i, answer tokens t}  -log p(y_t | prompt_r, y_<t ; W)
+
+with SGD from zero. Several edits train together in one batch (`train` takes a list): the loss is
+the sum of the edits' own means, every row reads only its edit's delta, and an edit that has
+converged stops moving, so each edit gets exactly the steps it would get alone.
+
+The memory acts from the last prompt token on, so everything before that position is the same at
+every step. The fast loop therefore runs the model once over head (prompt minus its last token) +
+tail (last prompt token + answer), keeps the head's KV cache and the stream entering the edited
+layer, and each step runs only the tail through the layers from the edited one up. Its logits go
+through sam/core/output_loss.py. The naive loop (fast=False, one edit) runs the whole model over
+whole sequences every step, for comparison: with an fp32 lm_head both give the same losses.
 """
 
 from __future__ import annotations
@@ -14,15 +22,22 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from sam.core.batching import encode_pair, encode_pairs
+from sam.core.batching import Encoded, encode, encode_pairs
 from sam.core.fingerprinter import TopHashFingerprinter
 from sam.core.layer_cache import capture_layer_input, start_at_layer
-from sam.core.model_layers import ResidualMemoryLayer, TrainSlot
+from sam.core.memory_layer import ResidualMemoryLayer, TrainSlot
 from sam.core.output_loss import TargetNLL
+from sam.core.prompts import Prompt, PromptFormat
+
+
+@dataclass
+class EditRequest:
+    prompts: list[Prompt]  # the prompt as asked first (its question is the key), then context variants
+    target: str
 
 
 @dataclass
@@ -31,7 +46,8 @@ class TrainOutcome:
     delta: torch.Tensor  # (d_model, k)
     steps: int
     loss: float
-    accuracy: float  # teacher-forced accuracy of the plain prompt's target tokens
+    accuracy: float  # teacher-forced accuracy of the first prompt's target tokens
+    finite: bool  # False: the loss or the delta diverged (NaN/inf); such an edit must not be kept
 
 
 def _cache_kwarg(module) -> str:
@@ -66,11 +82,12 @@ def _returned_cache(out):
 
 
 class EditTrainer:
-    """Builds the training batch for (prompt, target), fingerprints the prompt and trains the delta."""
+    """Encodes edit requests, fingerprints their questions and trains their deltas."""
 
-    def __init__(self, model, tokenizer, memory: ResidualMemoryLayer, layers, layer: int,
-                 head_dtype: torch.dtype | None = None):
-        self.model, self.tokenizer, self.memory, self.layers, self.layer = model, tokenizer, memory, layers, layer
+    def __init__(self, model, tokenizer, fmt: PromptFormat, memory: ResidualMemoryLayer, layers, layer: int,
+                 columns: Callable[[torch.Tensor], torch.Tensor], head_dtype: torch.dtype | None = None):
+        self.model, self.tokenizer, self.fmt, self.memory = model, tokenizer, fmt, memory
+        self.layers, self.layer, self.columns = layers, layer, columns
         self.base = model.base_model
         self.cache_kw = _cache_kwarg(self.base)
         self.head_dtype = head_dtype  # None: bf16 where its matmul is fast (see output_loss)
@@ -82,113 +99,130 @@ class EditTrainer:
             self._nll = TargetNLL(self.model, self.head_dtype)
         return self._nll
 
-    def _steps(self, loss_fn, slot: TrainSlot, lr: float, max_steps: int, stop_loss: float):
-        opt = torch.optim.SGD([slot.delta], lr=lr)
-        self.memory.train_slot = slot
-        steps = 0
-        try:
-            while True:
-                loss, logits = loss_fn()
-                value = float(loss.detach())
-                if value < stop_loss or steps == max_steps:
-                    return steps, value, logits.detach()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-        finally:
-            self.memory.train_slot = None
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
-    def train(self, texts: list[str], target: str, fingerprint, choose_expert, *, lr: float, max_steps: int,
-              stop_loss: float, fast: bool = True) -> tuple[TrainOutcome, int]:
-        """texts[0] is the plain prompt, the rest prefixed copies. Returns the outcome and the expert used."""
-        device = self.memory.memory.device
-        rows = [encode_pair(self.tokenizer, t, target) for t in texts]
-        n_target = len(rows[0][0]) - rows[0][1]
-        same_tail = all(len(ids) - n == n_target and ids[n:] == rows[0][0][rows[0][1]:] for ids, n in rows)
-        if fast and same_tail and max(n for _, n in rows) > 1:
-            return self._train_fast(rows, n_target, fingerprint, choose_expert, lr, max_steps, stop_loss, device)
-        return self._train_naive(texts, target, fingerprint, choose_expert, lr, max_steps, stop_loss, device)
+    def train(self, requests: list[EditRequest], *, lr: float, max_steps: int, stop_loss: float,
+              fast: bool = True) -> list[TrainOutcome]:
+        rows = [[encode(self.tokenizer, self.fmt, p, r.target) for p in r.prompts] for r in requests]
+        tails_agree = all(len({tuple(e.ids[e.n_prompt:]) for e in edit}) == 1 for edit in rows)
+        if fast and tails_agree and all(e.n_prompt > 1 for edit in rows for e in edit):
+            return self._train_fast(rows, lr, max_steps, stop_loss)
+        if len(requests) != 1:
+            raise ValueError("the naive loop trains one edit at a time")
+        return [self._train_naive(requests[0], lr, max_steps, stop_loss)]
+
+    # --- the optimisation, shared by both loops ----------------------------------------------------------
+    def _optimise(self, loss_fn, slot: TrainSlot, edit_of: torch.Tensor, first: list[torch.Tensor], labels,
+                  n_edits: int, lr: float, max_steps: int, stop_loss: float) -> list[TrainOutcome]:
+        """loss_fn() -> (summed loss, (M, V) logits, (M,) weighted per-position NLL); edit_of (M,) says whose
+        position each is; first[i] (n_i,) indexes edit i's first-prompt target positions."""
+        opt = torch.optim.SGD([slot.delta], lr=lr)
+        steps = torch.zeros(n_edits, dtype=torch.long)
+        done = torch.zeros(n_edits, dtype=torch.bool)
+        out: list[TrainOutcome | None] = [None] * n_edits
+        with self.memory.trainable(slot):
+            while True:
+                total, logits, weighted = loss_fn()
+                per_edit = torch.zeros(n_edits, device=weighted.device).index_add_(0, edit_of, weighted).cpu()
+                finite = torch.isfinite(per_edit) & torch.isfinite(slot.delta.detach()).flatten(1).all(1).cpu()
+                stop = ~done & ((per_edit < stop_loss) | (steps >= max_steps) | ~finite)
+                for i in stop.nonzero().flatten().tolist():
+                    pred = logits[first[i]].argmax(-1)
+                    out[i] = TrainOutcome(slot.cols[i].detach().clone(), slot.delta[i].detach().clone(),
+                                          int(steps[i]), float(per_edit[i]),
+                                          float((pred == labels[first[i]]).float().mean()), bool(finite[i]))
+                done |= stop
+                if bool(done.all()):
+                    return out  # type: ignore[return-value]
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                slot.delta.grad[done.to(slot.delta.device)] = 0  # a finished edit keeps its delta
+                opt.step()
+                steps[~done] += 1
 
     # --- fast: cached head, tail through the upper layers only -----------------------------------------
-    def _train_fast(self, rows, n_target, fingerprint, choose_expert, lr, max_steps, stop_loss, device):
-        pad = self.tokenizer.pad_token_id
-        heads = [ids[: n - 1] for ids, n in rows]
-        H, B = max(len(h) for h in heads), len(rows)
+    def _train_fast(self, rows: list[list[Encoded]], lr, max_steps, stop_loss) -> list[TrainOutcome]:
+        device, pad = self.device, self.tokenizer.pad_token_id
+        flat = [e for edit in rows for e in edit]
+        edit_of_row = torch.tensor([i for i, edit in enumerate(rows) for _ in edit])
+        heads = [e.ids[: e.n_prompt - 1] for e in flat]
+        tails = [e.ids[e.n_prompt - 1: -1] for e in flat]
+        answers = [e.ids[e.n_prompt:] for e in flat]
+        B, H, L = len(flat), max(len(h) for h in heads), max(len(t) for t in tails)
         head_ids = torch.full((B, H), pad, dtype=torch.long)
-        head_mask = torch.zeros(B, H, dtype=torch.long)
-        for b, h in enumerate(heads):  # left-pad the heads so every tail starts at column H
+        tail_ids = torch.full((B, L), pad, dtype=torch.long)
+        mask = torch.zeros(B, H + L, dtype=torch.long)
+        for b, (h, t) in enumerate(zip(heads, tails)):  # heads left-padded: every tail starts at column H
             head_ids[b, H - len(h):] = torch.tensor(h, dtype=torch.long)
-            head_mask[b, H - len(h):] = 1
-        tail_ids = torch.tensor([ids[n - 1: -1] for ids, n in rows])  # (B, n_target)
-        labels = torch.tensor(rows[0][0][rows[0][1]:]).repeat(B)  # (B * n_target,)
-        mask = torch.cat([head_mask, torch.ones(B, n_target, dtype=torch.long)], dim=1)
+            tail_ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[b, H - len(h): H + len(t)] = 1
         pos = (mask.cumsum(1) - 1).clamp_min(0)
-        head_ids, head_mask, tail_ids, labels, mask, pos = (t.to(device) for t in
-                                                            (head_ids, head_mask, tail_ids, labels, mask, pos))
-        box: dict[str, torch.Tensor] = {}
-        self.memory.on_input = lambda x: box.__setitem__("x", x.detach())
-        self.memory.enabled = False
-        try:  # one pass over head + tail: the head's KV cache and the stream entering layer L
-            with torch.no_grad(), capture_layer_input(self.layers, self.layer) as cap:
-                out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask,
-                                position_ids=pos, use_cache=True)
-            x = box["x"]  # (B, H + n_target, d_ff)
-            cache = _head_cache(_returned_cache(out), n_target, H)
-            if cache is None:  # a cache that cannot drop the tail: run the head on its own
-                with torch.no_grad():
-                    cache = _returned_cache(self.base(input_ids=head_ids, attention_mask=head_mask,
-                                                      position_ids=pos[:, :H], use_cache=True))
-        finally:
-            self.memory.on_input = None
-            self.memory.enabled = True
-        plain = x[0, H - len(heads[0]): H + 1]  # the plain prompt's tokens (its last one opens the tail)
-        cols = fingerprint(plain.mean(dim=0, keepdim=True))[0]
-        expert = choose_expert(cols)
-        hidden = cap["hidden"][:, H:]  # (B, n_target, d)
+        # the answer tokens: row, tail position, label, and the weight that makes each edit's loss its own mean
+        rr = torch.cat([torch.full((len(a),), b) for b, a in enumerate(answers)])
+        tt = torch.cat([torch.arange(len(a)) for a in answers])
+        labels = torch.cat([torch.tensor(a) for a in answers])
+        edit_of = edit_of_row[rr]
+        n_positions = torch.zeros(len(rows)).index_add_(0, edit_of, torch.ones(len(edit_of)))
+        weights = 1.0 / n_positions[edit_of]
+        starts = torch.cumsum(torch.tensor([0] + [len(a) for a in answers]), 0)
+        first_row = [sum(len(edit) for edit in rows[:i]) for i in range(len(rows))]
+        first = [torch.arange(starts[b], starts[b] + flat[b].n_target) for b in first_row]
+        head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights = (
+            t.to(device) for t in (head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights))
+
+        with torch.no_grad(), self.memory.disabled(), self.memory.capture() as seen, \
+                capture_layer_input(self.layers, self.layer) as cap:  # one pass: the head's KV, the stream at L
+            out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask, position_ids=pos,
+                            use_cache=True)
+        x, hidden = seen[0], cap["hidden"][:, H:]  # (B, H + L, d_ff), (B, L, d)
+        cache = _head_cache(_returned_cache(out), L, H)
+        if cache is None:  # a cache that cannot drop the tail: run the head on its own
+            with torch.no_grad(), self.memory.disabled():
+                cache = _returned_cache(self.base(input_ids=head_ids, attention_mask=mask[:, :H],
+                                                  position_ids=pos[:, :H], use_cache=True))
+        pooled = []
+        for b in first_row:  # the key: the first prompt's question tokens
+            e = flat[b]
+            idx = torch.tensor([i for i, k in enumerate(e.key) if k], device=device) + H - (e.n_prompt - 1)
+            pooled.append(x[b, idx].mean(dim=0))
+        cols = self.columns(torch.stack(pooled))  # (N, k)
 
         def loss_fn():
             with start_at_layer(self.layers, self.layer, hidden):
                 h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, H:], use_cache=True,
-                              **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, n_target, d)
-            return self.nll(h.reshape(-1, h.shape[-1]), labels)  # loss, (B * n_target, V) logits
+                              **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, L, d)
+            total, logits, nll = self.nll(h[rr, tt], labels, weights)
+            return total, logits, nll * weights
 
-        slot = TrainSlot(expert, cols, torch.nn.Parameter(torch.zeros(self.memory.out_features, cols.numel(),
-                                                                      device=device)))
-        steps, loss, logits = self._steps(loss_fn, slot, lr, max_steps, stop_loss)
-        acc = float((logits[:n_target].argmax(-1) == labels[:n_target]).float().mean())
-        return TrainOutcome(cols, slot.delta.detach(), steps, loss, acc), expert
+        slot = TrainSlot(cols, torch.nn.Parameter(torch.zeros(len(rows), self.memory.out_features, cols.shape[1],
+                                                              device=device)), edit_of_row.to(device))
+        return self._optimise(loss_fn, slot, edit_of, first, labels, len(rows), lr, max_steps, stop_loss)
 
     # --- naive: the whole model, every step ---------------------------------------------------------------
-    def _train_naive(self, texts, target, fingerprint, choose_expert, lr, max_steps, stop_loss, device):
-        batch = encode_pairs(self.tokenizer, [(t, target) for t in texts], self.tokenizer.pad_token_id).to(device)
-        box = {}
-        self.memory.on_input = lambda x: box.__setitem__("x", x.detach())
-        self.memory.enabled = False
-        try:
-            with torch.no_grad():
-                self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        finally:
-            self.memory.on_input = None
-            self.memory.enabled = True
-        cols = fingerprint(TopHashFingerprinter.pool(box["x"][:1], batch.prompt_mask[:1]))[0]
-        expert = choose_expert(cols)
-        answer = answer_positions(batch.prompt_mask) & batch.attention_mask.bool()
+    def _train_naive(self, request: EditRequest, lr, max_steps, stop_loss) -> TrainOutcome:
+        device = self.device
+        batch = encode_pairs(self.tokenizer, self.fmt, [(p, request.target) for p in request.prompts],
+                             self.tokenizer.pad_token_id).to(device)
+        with torch.no_grad(), self.memory.disabled(), self.memory.capture() as seen:
+            self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        cols = self.columns(TopHashFingerprinter.pool(seen[0][:1], batch.key_mask[:1]))  # (1, k)
+        n = len(batch.train_labels)
+        weights = torch.full((n,), 1.0 / n, device=device)
+        first = (batch.rows == 0).nonzero().flatten()
+        # `first` indexes the target positions; the train positions list them first per row, so map them
+        train_first = torch.nonzero((batch.train_rows == 0)).flatten()[: len(first)]
 
         def loss_fn():
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                use_cache=False).logits[batch.rows, batch.positions]
-            return F.cross_entropy(logits.float(), batch.labels), logits
+                                use_cache=False).logits[batch.train_rows, batch.train_positions]
+            nll = torch.nn.functional.cross_entropy(logits.float(), batch.train_labels, reduction="none")
+            return (weights * nll).sum(), logits.detach(), (weights * nll).detach()
 
-        slot = TrainSlot(expert, cols, torch.nn.Parameter(torch.zeros(self.memory.out_features, cols.numel(),
-                                                                      device=device)), positions=answer)
-        steps, loss, logits = self._steps(loss_fn, slot, lr, max_steps, stop_loss)
-        first = batch.rows == 0
-        acc = float((logits[first].argmax(-1) == batch.labels[first]).float().mean())
-        return TrainOutcome(cols, slot.delta.detach(), steps, loss, acc), expert
-
-
-def answer_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) True from each row's last prompt token on: where the memory acts."""
-    nxt = torch.cat([prompt_mask[:, 1:], torch.zeros_like(prompt_mask[:, :1])], dim=1)
-    return ~nxt.bool()
+        slot = TrainSlot(cols, torch.nn.Parameter(torch.zeros(1, self.memory.out_features, cols.shape[1],
+                                                              device=device)),
+                         torch.zeros(len(request.prompts), dtype=torch.long, device=device), batch.answer_mask)
+        edit_of = torch.zeros(n, dtype=torch.long, device=device)
+        return self._optimise(loss_fn, slot, edit_of, [train_first], batch.train_labels, 1, lr, max_steps,
+                              stop_loss)[0]

@@ -1,42 +1,71 @@
-"""EditMaskDatabase: the edits, their masks and their sparse deltas, in one SQLite file.
+"""EditMaskDatabase: every edit, its key mask and its sparse delta, in one SQLite file.
 
-Rows go in through sqlite-utils inside transactions, so a crash leaves the last committed state.
-Nearest-mask search runs on a FAISS binary index: two k-sparse masks overlapping in o columns are
-at Hamming distance 2(k - o), so the nearest code is the largest overlap. The database records the
-model, layer and fingerprinter it belongs to and refuses to open for any other.
+The database is the single source of truth of a store: an edit's row holds the question it
+answers, its k memory columns and its (d_model, k) delta, with a sha256 over both, so nothing
+else on disk has to agree with it. Writes happen in transactions (a crash leaves the last
+committed state), reads of a delta check its checksum. The database records the model, layer
+and fingerprinter it belongs to and refuses to open for any other.
+
+Schema 2 (this one): edits(id, prompt, question, target, source, created, importance, status,
+supersedes, steps, loss, cols, delta, checksum). Schema 1 (sam <= 0.1) kept a safetensors blob per
+edit and dense memory files per expert; `upgrade_v1` converts it in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
-import faiss
 import numpy as np
-import sqlite_utils
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from sam.constants import SCHEMA_VERSION
 from sam.errors import CorruptStoreError, StoreMismatchError, UnknownEditError
 
-SCHEMA_VERSION = "1"
-IDENTITY_KEYS = ("model", "layer", "d_ff", "top_k", "fingerprinter")
+IDENTITY_KEYS = ("model", "layer", "d_ff", "d_model", "top_k", "fingerprinter")
+STATUSES = ("active", "reverted", "superseded")
+MAX_ID = 2**63 - 1
+
+_COLUMNS = "id, prompt, question, target, source, created, importance, status, supersedes, steps, loss"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS edits (
+    id INTEGER PRIMARY KEY,
+    prompt TEXT NOT NULL,          -- the prompt the edit was trained on (rendered)
+    question TEXT NOT NULL,        -- the question it answers (its key)
+    target TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created TEXT NOT NULL,
+    importance REAL NOT NULL,
+    status TEXT NOT NULL,          -- active | reverted | superseded
+    supersedes INTEGER,            -- the edit this one replaced (it comes back when this one is reverted)
+    steps INTEGER NOT NULL,
+    loss REAL NOT NULL,
+    cols BLOB NOT NULL,            -- k int32, sorted
+    delta BLOB NOT NULL,           -- (d_model, k) float32, row-major
+    checksum TEXT NOT NULL         -- sha256 of cols || delta
+);
+CREATE INDEX IF NOT EXISTS edits_status ON edits(status);
+CREATE INDEX IF NOT EXISTS edits_question ON edits(question);
+"""
 
 
 @dataclass
 class EditRecord:
     id: int
     prompt: str
+    question: str
     target: str
     source: str
     created: str
     importance: float
-    expert: int
-    status: str  # active | reverted
+    status: str
+    supersedes: int | None
     steps: int
     loss: float
 
@@ -44,169 +73,183 @@ class EditRecord:
         return dict(self.__dict__)
 
 
-@dataclass
-class Match:
-    edit_id: int
-    overlap: float  # |query ∩ edit| / k
+def checksum(cols: bytes, delta: bytes) -> str:
+    return hashlib.sha256(cols + delta).hexdigest()
+
+
+def pack(cols: torch.Tensor, delta: torch.Tensor) -> tuple[bytes, bytes, str]:
+    """(k,) columns and (d_model, k) delta -> the blobs and checksum a row stores."""
+    c = cols.detach().to("cpu", torch.int32).contiguous().numpy().tobytes()
+    d = delta.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return c, d, checksum(c, d)
+
+
+def check_edit_id(edit_id) -> int:
+    """An edit id as an int in SQLite's range, or UnknownEditError."""
+    try:
+        value = int(edit_id)
+    except (TypeError, ValueError, OverflowError):
+        raise UnknownEditError(f"no edit with id {edit_id!r}") from None
+    if not 0 < value <= MAX_ID:
+        raise UnknownEditError(f"no edit with id {edit_id!r}")
+    return value
 
 
 class EditMaskDatabase:
-    def __init__(self, path: Path | str, identity: dict[str, str] | None = None, read_only: bool = False):
+    def __init__(self, path: Path | str, read_only: bool = False, create: bool = False):
         self.path = Path(path)
-        if read_only and not self.path.exists():
+        self.read_only = read_only
+        if not self.path.exists() and not create:
             raise CorruptStoreError(f"no edit database at {self.path}")
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise CorruptStoreError(f"edit database {self.path} is empty (0 bytes): refusing to use or replace it")
+        self._depth = 0
         try:
-            uri = f"file:{self.path}?mode=ro" if read_only else str(self.path)
-            conn = sqlite3.connect(uri, uri=read_only, timeout=10.0, check_same_thread=False)
-            self.db = sqlite_utils.Database(conn)
+            uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
             if not read_only:
-                self.db.enable_wal()
-                self._create()
-            self.meta = {r["key"]: r["value"] for r in self.db["meta"].rows}
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                if create:
+                    with self.transaction():
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                self.conn.execute(statement)
+            self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise CorruptStoreError(f"cannot read edit database {self.path}: {exc}") from exc
-        if identity is not None:
-            self._check_identity({k: str(v) for k, v in identity.items()}, read_only)
-        self.top_k = int(self.meta.get("top_k", "0"))
-        self.d_ff = int(self.meta.get("d_ff", "0"))
-        self._index: faiss.IndexBinaryIDMap | None = None
 
-    # --- schema and identity ----------------------------------------------------------------------------
-    def _create(self) -> None:
-        if "meta" not in self.db.table_names():
-            with self.db.conn:
-                self.db["meta"].create({"key": str, "value": str}, pk="key")
-                self.db["edits"].create({
-                    "id": int, "prompt": str, "target": str, "source": str, "created": str,
-                    "importance": float, "expert": int, "status": str, "steps": int, "loss": float,
-                    "sparse": bytes,  # safetensors: cols (k,) and delta (d_model, k)
-                }, pk="id")
-                self.db["edits"].create_index(["status"])
-                self.db["experts"].create({"id": int, "file": str, "n_edits": int}, pk="id")
-                self.db["meta"].insert({"key": "schema", "value": SCHEMA_VERSION})
+    # --- identity -------------------------------------------------------------------------------------
+    @property
+    def schema(self) -> int:
+        return int(self.meta.get("schema", "1"))
 
-    def _check_identity(self, identity: dict[str, str], read_only: bool) -> None:
+    def claim(self, identity: dict) -> None:
+        """A new database records whose it is; an existing one must match it."""
+        identity = {k: str(v) for k, v in identity.items()}
         if not any(k in self.meta for k in IDENTITY_KEYS):
-            if read_only:
+            if self.read_only:
                 raise CorruptStoreError(f"{self.path} has no identity record")
-            with self.db.conn:
-                self.db["meta"].upsert_all([{"key": k, "value": v} for k, v in identity.items()], pk="key")
-            self.meta.update(identity)
+            self.set_meta({**identity, "schema": str(SCHEMA_VERSION)})
             return
         for key in IDENTITY_KEYS:
-            if key in identity and self.meta.get(key) != identity[key]:
+            if key in identity and key in self.meta and self.meta[key] != identity[key]:
                 raise StoreMismatchError(
-                    f"store {self.path.parent} belongs to {key}={self.meta.get(key)!r}, not {identity[key]!r}; "
-                    f"use another --store or the model it was made with")
+                    f"store {self.path.parent} belongs to {key}={self.meta[key]!r}, not {identity[key]!r}; "
+                    f"use another --store or the model and settings it was made with")
 
-    # --- writes ----------------------------------------------------------------------------------------
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self.transaction():
+            self.conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                                  "value = excluded.value", [(k, str(v)) for k, v in values.items()])
+        self.meta.update({k: str(v) for k, v in values.items()})
+
+    # --- writes ---------------------------------------------------------------------------------------
     @contextmanager
-    def transaction(self):
-        """All writes inside commit together or not at all.
-
-        sqlite-utils' own writes run in db.atomic(), which BEGINs and COMMITs when no transaction is
-        open: under a bare `with conn:` each insert committed at once and nothing rolled back. Inside
-        atomic() they become savepoints of this one transaction."""
-        with self.db.atomic():
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all; nested blocks join the outer one."""
+        if self.read_only:
+            raise CorruptStoreError("the store is open read-only")
+        outer = self._depth == 0
+        if outer:
+            self.conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
             yield
+        except BaseException:
+            self._depth -= 1
+            if outer:
+                self.conn.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if outer:
+            self.conn.execute("COMMIT")
 
-    def insert_edit(self, *, prompt: str, target: str, cols: torch.Tensor, delta: torch.Tensor, expert: int,
-                    source: str, importance: float, steps: int, loss: float) -> int:
-        """Insert inside an open transaction(); the index learns the mask once it commits via add_to_index."""
-        blob = st_save({"cols": cols.to("cpu", torch.int64).contiguous(),
-                        "delta": delta.detach().to("cpu", torch.float32).contiguous()})
-        row = {"prompt": prompt, "target": target, "source": source, "importance": float(importance),
-               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "expert": int(expert),
-               "status": "active", "steps": int(steps), "loss": float(loss), "sparse": blob}
-        return int(self.db["edits"].insert(row).last_pk)
+    def insert_edit(self, *, prompt: str, question: str, target: str, cols: torch.Tensor, delta: torch.Tensor,
+                    source: str, importance: float, steps: int, loss: float, supersedes: int | None = None) -> int:
+        c, d, digest = pack(cols, delta)
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self.transaction():
+            cur = self.conn.execute(
+                f"INSERT INTO edits({_COLUMNS[4:]}, cols, delta, checksum) VALUES "
+                "(?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                (prompt, question, target, source, created, float(importance), supersedes, int(steps), float(loss),
+                 c, d, digest))
+            return int(cur.lastrowid)
 
     def set_status(self, edit_id: int, status: str) -> None:
-        self.db["edits"].update(edit_id, {"status": status})
+        assert status in STATUSES, status
+        with self.transaction():
+            if self.conn.execute("UPDATE edits SET status = ? WHERE id = ?", (status, check_edit_id(edit_id))).rowcount != 1:
+                raise UnknownEditError(f"no edit with id {edit_id!r}")
 
-    def set_expert_file(self, expert: int, file: str, n_edits: int) -> None:
-        self.db["experts"].upsert({"id": expert, "file": file, "n_edits": n_edits}, pk="id")
-
-    # --- reads -------------------------------------------------------------------------------------------
-    def get(self, edit_id: int) -> EditRecord:
-        try:
-            row = self.db["edits"].get(int(edit_id))
-        except (sqlite_utils.db.NotFoundError, ValueError, TypeError):
-            raise UnknownEditError(f"no edit with id {edit_id!r}") from None
-        return _record(row)
-
-    def sparse(self, edit_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cols (k,), delta (d_model, k)) of one edit."""
-        row = next(self.db.query("select sparse from edits where id = ?", [int(edit_id)]), None)
+    # --- reads ----------------------------------------------------------------------------------------
+    def get(self, edit_id) -> EditRecord:
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM edits WHERE id = ?", (check_edit_id(edit_id),)).fetchone()
         if row is None:
             raise UnknownEditError(f"no edit with id {edit_id!r}")
-        t = st_load(row["sparse"])
-        return t["cols"], t["delta"]
+        return EditRecord(*row)
 
     def edits(self, status: str | None = "active") -> list[EditRecord]:
-        cols = "id, prompt, target, source, created, importance, expert, status, steps, loss"
         if status is None:
-            rows = self.db.query(f"select {cols} from edits order by id")
+            rows = self.conn.execute(f"SELECT {_COLUMNS} FROM edits ORDER BY id")
         else:
-            rows = self.db.query(f"select {cols} from edits where status = ? order by id", [status])
-        return [_record(r) for r in rows]
+            rows = self.conn.execute(f"SELECT {_COLUMNS} FROM edits WHERE status = ? ORDER BY id", (status,))
+        return [EditRecord(*r) for r in rows]
 
-    def experts(self) -> list[dict]:
-        return list(self.db["experts"].rows_where(order_by="id"))
+    def find(self, question: str, status: str = "active") -> list[EditRecord]:
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM edits WHERE question = ? AND status = ? ORDER BY id",
+                                 (question, status))
+        return [EditRecord(*r) for r in rows]
 
-    def count(self, status: str = "active") -> int:
-        return self.db["edits"].count_where("status = ?", [status])
+    def count(self, status: str | None = "active") -> int:
+        if status is None:
+            return self.conn.execute("SELECT COUNT(*) FROM edits").fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM edits WHERE status = ?", (status,)).fetchone()[0]
 
-    def active_columns(self) -> dict[int, tuple[int, torch.Tensor]]:
-        """edit id -> (expert, cols) for every active edit."""
-        out = {}
-        for r in self.db.query("select id, expert, sparse from edits where status = 'active'"):
-            out[r["id"]] = (r["expert"], st_load(r["sparse"])["cols"])
-        return out
+    def active_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """ids (N,) and columns (N, k) of every active edit: all an index needs (no delta is read)."""
+        rows = self.conn.execute("SELECT id, cols FROM edits WHERE status = 'active' ORDER BY id").fetchall()
+        k = int(self.meta.get("top_k", "0"))
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        cols = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.int32).reshape(len(rows), k) if rows \
+            else np.zeros((0, k), dtype=np.int32)
+        return ids, cols
 
-    # --- nearest-mask search -----------------------------------------------------------------------------
-    @property
-    def _bits(self) -> int:
-        return (self.d_ff + 7) // 8 * 8
+    def sparse(self, edit_id) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cols (k,), delta (d_model, k)) of one edit, its checksum verified."""
+        row = self.conn.execute("SELECT cols, delta, checksum FROM edits WHERE id = ?",
+                                (check_edit_id(edit_id),)).fetchone()
+        if row is None:
+            raise UnknownEditError(f"no edit with id {edit_id!r}")
+        c, d, digest = row
+        if checksum(c, d) != digest:
+            raise CorruptStoreError(f"edit {edit_id}'s stored delta fails its checksum in {self.path}: "
+                                    f"run `sam doctor --check`, then `sam edits revert {edit_id}`")
+        k, d_model = int(self.meta["top_k"]), int(self.meta["d_model"])
+        cols = torch.frombuffer(bytearray(c), dtype=torch.int32).long()
+        delta = torch.frombuffer(bytearray(d), dtype=torch.float32).view(d_model, k)
+        return cols, delta
 
-    def _codes(self, cols: torch.Tensor) -> np.ndarray:
-        """(N, k) column indices -> (N, bits/8) packed binary codes."""
-        dense = np.zeros((cols.shape[0], self._bits), dtype=np.uint8)
-        np.put_along_axis(dense, cols.cpu().numpy().astype(np.int64), 1, axis=1)
-        return np.packbits(dense, axis=1)
+    def verify_rows(self) -> Iterator[tuple[int, str, str | None]]:
+        """(id, status, problem or None) for every edit: checksum, shapes, finite values."""
+        k, d_model = int(self.meta["top_k"]), int(self.meta["d_model"])
+        for edit_id, status, c, d, digest in self.conn.execute("SELECT id, status, cols, delta, checksum FROM edits"):
+            problem = None
+            if checksum(c, d) != digest:
+                problem = "checksum mismatch"
+            elif len(c) != 4 * k or len(d) != 4 * k * d_model:
+                problem = "wrong size"
+            elif not np.isfinite(np.frombuffer(d, dtype=np.float32)).all():
+                problem = "non-finite delta"
+            yield edit_id, status, problem
 
-    def index(self) -> faiss.IndexBinaryIDMap:
-        if self._index is None:
-            self._index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self._bits))
-            active = self.active_columns()
-            if active:
-                ids = np.fromiter(active.keys(), dtype=np.int64)
-                self._index.add_with_ids(self._codes(torch.stack([c for _, c in active.values()])), ids)
-        return self._index
-
-    def add_to_index(self, edit_id: int, cols: torch.Tensor) -> None:
-        self.index().add_with_ids(self._codes(cols.view(1, -1)), np.array([edit_id], dtype=np.int64))
-
-    def remove_from_index(self, edit_id: int) -> None:
-        self.index().remove_ids(np.array([edit_id], dtype=np.int64))
-
-    def nearest(self, cols: torch.Tensor) -> list[Match | None]:
-        """For each query (B, k): the stored edit with the largest mask overlap."""
-        index = self.index()
-        if index.ntotal == 0:
-            return [None] * cols.shape[0]
-        dist, ids = index.search(self._codes(cols), 1)
-        k = cols.shape[1]
-        return [Match(int(i), (k - d / 2) / k) if i >= 0 else None for d, i in zip(dist[:, 0], ids[:, 0])]
-
-    def find_closest(self, mask: torch.Tensor, threshold: float) -> Match | None:
-        """The stored edit nearest to a mask (dense (d,) 0/1 or (k,) indices), if its overlap >= threshold."""
-        cols = mask.nonzero().flatten() if mask.numel() == self.d_ff and mask.dtype != torch.int64 else mask
-        match = self.nearest(cols.view(1, -1).long())[0]
-        return match if match is not None and match.overlap >= threshold else None
+    def integrity(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
 
     def close(self) -> None:
-        self.db.conn.close()
-
-
-def _record(row: dict) -> EditRecord:
-    return EditRecord(**{k: row[k] for k in EditRecord.__dataclass_fields__})
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.conn = None
