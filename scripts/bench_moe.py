@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sam.bench.moe import main
+from sam.research.moe.bench import main
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,7 +3,7 @@
 
 import argparse
 
-from sam.bench.moe_demo import main
+from sam.research.moe.demo import main
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

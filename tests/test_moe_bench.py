@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from sam.bench.moe import FS_VARIANTS, SHOTS, main
+from sam.research.moe.bench import FS_VARIANTS, SHOTS, main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sam.core.moe import ExpertSpecialization, MemoryConfig, MemoryType
+from sam.research.moe import ExpertSpecialization, MemoryConfig, MemoryType
 from sam.errors import InvalidInputError
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam.core.moe import ExpertSpecialization, MemoryAttention, MemoryConfig, MemoryExpert
+from sam.research.moe import ExpertSpecialization, MemoryAttention, MemoryConfig, MemoryExpert
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

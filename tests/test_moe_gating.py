@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sam.core.moe import GatingNetwork
+from sam.research.moe import GatingNetwork
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

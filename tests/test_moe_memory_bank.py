@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sam.core.moe import MemoryBank, MemoryConfig, MemoryType
+from sam.research.moe import MemoryBank, MemoryConfig, MemoryType
 from sam.errors import CorruptStoreError, InvalidInputError
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam.core.moe import ExpertSpecialization, MemoryConfig, MemoryEnhancedMoE, create_memory_enhanced_moe
+from sam.research.moe import ExpertSpecialization, MemoryConfig, MemoryEnhancedMoE, create_memory_enhanced_moe
 from sam.errors import InvalidInputError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sam.orchestration import SAM_UIF, Orchestrator, PromptFormat, SkillContext, SkillRegistry
-from skills.feedback_handler import classify_feedback, fact_question
+from sam_skills.feedback_handler import classify_feedback, fact_question
 
 QUESTION = "What is the capital of Australia?"
 PREVIOUS = "The capital of Australia is Sydney."

@@ -12,7 +12,7 @@ from sam.orchestration import SAM_UIF, PromptFormat, SkillContext
 from sam.orchestration.prompting import contains_answer
 from sam.orchestration.session import ChatSession
 from sam.orchestration.testing import fresh_store
-from skills.factual_correction import Fact, load_facts
+from sam_skills.factual_correction import Fact, load_facts
 
 QUESTION = "What is the largest planet in the solar system?"
 CONTROLS = ["What is the capital of France?", "How many days are there in a week?"]

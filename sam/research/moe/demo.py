@@ -1,5 +1,5 @@
 """Six short demos of the memory-enhanced MoE. Every figure printed is measured in this run (one seed, small
-settings: the benchmark in sam.bench.moe is the place for mean ± std)."""
+settings: the benchmark in sam.research.moe.bench is the place for mean ± std)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import torch
 
-from sam.bench import moe as B
-from sam.core.moe import MemoryBank, MemoryConfig, MemoryType
+from sam.research.moe import bench as B
+from sam.research.moe import MemoryBank, MemoryConfig, MemoryType
 
 
 def _demo_storage(console, device: str) -> dict:

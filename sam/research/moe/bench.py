@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam.core.moe import MemoryBank, MemoryConfig, MemoryEnhancedMoE, create_memory_enhanced_moe
-from sam.core.moe.types import ExpertSpecialization
+from sam.research.moe import MemoryBank, MemoryConfig, MemoryEnhancedMoE, create_memory_enhanced_moe
+from sam.research.moe.types import ExpertSpecialization
 
 SHOTS = (3, 5, 10)
 FS_VARIANTS = ("standard", "memory", "memory_no_steps", "standard_long", "memory_long")
