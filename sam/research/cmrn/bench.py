@@ -49,10 +49,10 @@ def settings(smoke: bool) -> dict:
     return dict(
         model=dict(d_model=256, expert_hidden=512, pattern_slots=512, symbolic_props=340, temporal_layers=3,
                    memory_dim=64, memory_k=8, memory_size=65536, scan_chunk=128),
-        train=dict(learning_rate=2e-3, batch_size=32, seq_len=512, segment_len=128, max_steps=600, warmup_steps=50,
-                   fact_rate=0.5, eval_every=100, eval_batches=4),
-        domain_steps=300, final_eval_batches=16, recall_distances=[64, 256, 1024, 4096, 16384], recall_docs=24,
-        cost_lengths=[512, 2048, 8192, 32768], cost_reps=3, routing_batches=4)
+        train=dict(learning_rate=2e-3, batch_size=64, seq_len=512, segment_len=128, max_steps=400, warmup_steps=40,
+                   fact_rate=0.5, eval_every=50, eval_batches=4),
+        domain_steps=200, final_eval_batches=8, recall_distances=[64, 256, 1024, 4096, 8192], recall_docs=16,
+        cost_lengths=[512, 2048, 8192, 32768], cost_reps=2, routing_batches=2)
 
 
 def ms(v) -> dict:
@@ -111,6 +111,17 @@ def recall_cmrn(model: CMRN, docs, chunk: int, use_memory: bool, device) -> tupl
         full, digit = full + a, digit + b
     model.reset_memory()
     return full / len(docs), digit / len(docs)
+
+
+@torch.no_grad()
+def recall_cmrn_state_only(model: CMRN, docs, chunk: int, device) -> tuple[float, float]:
+    """Memory off: only the carried temporal state links the chunks. Same maths as streaming chunk by chunk with
+    use_memory=False (forward_segments carries the states the same way), batched over the documents."""
+    model.eval()
+    x = torch.from_numpy(np.stack([s for s, _ in docs]).astype(np.int64)).to(device)  # same length per distance
+    logits = model.forward_segments(x, segment_len=chunk, use_memory=False).logits
+    oks = [_digits_ok(logits[i], seq, q, 0) for i, (seq, q) in enumerate(docs)]
+    return float(np.mean([a for a, _ in oks])), float(np.mean([b for _, b in oks]))
 
 
 @torch.no_grad()
@@ -224,7 +235,7 @@ def run_seed(seed: int, S: dict, A, B, cmrn_cfg: CMRNConfig, tf_cfg, device, pro
         docs = recall_docs(A.val, d, S["recall_docs"], rng)
         rec[str(d)] = dict(
             cmrn_memory=recall_cmrn(cm, docs, tc.segment_len, True, device),
-            cmrn_no_memory=recall_cmrn(cm, docs, tc.segment_len, False, device),
+            cmrn_no_memory=recall_cmrn_state_only(cm, docs, tc.segment_len, device),
             transformer=recall_transformer(tf, docs, device))
         progress.advance(task, 1)
     res["recall"] = rec
@@ -478,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="corpus exported by `python -m sam.research.cmrn.data DIR`")
     ap.add_argument("--steps", type=int, default=None, help="override training steps on A")
     ap.add_argument("--domain-steps", type=int, default=None)
+    ap.add_argument("--recall-docs", type=int, default=None)
+    ap.add_argument("--recall-distances", default=None, help="comma-separated byte distances")
+    ap.add_argument("--cost-lengths", default=None, help="comma-separated sequence lengths")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds: start another seed only if it should finish (with the cost curve) inside this")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -491,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         S["train"]["max_steps"] = args.steps
     if args.domain_steps:
         S["domain_steps"] = args.domain_steps
+    if args.recall_docs:
+        S["recall_docs"] = args.recall_docs
+    if args.recall_distances:
+        S["recall_distances"] = [int(v) for v in args.recall_distances.split(",")]
+    if args.cost_lengths:
+        S["cost_lengths"] = [int(v) for v in args.cost_lengths.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -515,9 +537,16 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("cmrn bench", total=per_seed * args.seeds + 1)
+        seed_s = []
         for seed in range(args.seeds):
+            if args.time_budget and seed_s and time.time() - t_start + 1.1 * max(seed_s) + 30 > args.time_budget:
+                console.print(f"[yellow]time budget {args.time_budget:.0f} s: stopping after {seed} seed(s)")
+                break
             progress.update(task, description=f"seed {seed}")
+            t_seed = time.time()
             seeds.append(run_seed(seed, S, A, B, cmrn_cfg, tf_cfg, args.device, progress, task))
+            seed_s.append(time.time() - t_seed)
+            meta["seeds"], meta["seed_wall_s"] = list(range(len(seeds))), seed_s
             res["seeds"] = seeds
             (out / "cmrn_bench.json").write_text(json.dumps(res, indent=1))  # partial results survive a time-out
         progress.update(task, description="cost")

@@ -140,3 +140,9 @@ def lm_batch(arr: np.ndarray, batch: int, length: int, rng: np.random.Generator,
         w = plant_facts(w, fact_rate, rng)
     t = torch.from_numpy(w.astype(np.int64)).to(device)
     return t[:, :-1], t[:, 1:]
+
+
+if __name__ == "__main__":  # python -m sam.research.cmrn.data DIR: export the corpus for a machine without the packages
+    import sys
+
+    print(json.dumps(export_corpus(sys.argv[1] if len(sys.argv) > 1 else ".cmrn_data"), indent=1))

@@ -8,11 +8,15 @@ added, so the index always holds exactly the stored keys (`check_consistency`).
 
 MemoryAttention reads k retrieved entries per query with one learned "null" entry that lets a token
 ignore memory:
-    q = normalize(W_q LN(x)),  k_j = normalize(W_k LN(h_j))           (cosine, so FAISS inner product = cosine)
+    q = normalize(W_k LN(x)),  k_j = normalize(W_k LN(h_j))           (cosine, so FAISS inner product = cosine)
     s_j = exp(beta) * q . k_j,  s_null = b_null
     y = W_o sum_j softmax(s)_j W_v v_j                                    (the null entry's value is 0)
 The value written for position j is the embedding of the token that followed it, E[x_{j+1}]: memory is an
-associative store "context -> what came next", which is what recalling a fact from far back needs.
+associative store "context -> what came next", which is what recalling a fact from far back needs. Queries and
+keys share W_k, so a position whose recent context repeats an earlier one finds it from the start of training, and
+W_v, W_o start as the identity, so the read starts as a copy of the recalled next-token embedding. (On the 146k-
+parameter CPU development model, 300 steps, separate W_q/W_k with default init, and shared W_k with default
+W_v/W_o init, both left fact recall at 0; with both choices it reached 0.6 at 32 bytes.)
 """
 
 from __future__ import annotations
@@ -186,16 +190,19 @@ class MemoryAttention(nn.Module):
     def __init__(self, d_model: int, memory_dim: int, eps: float = 1e-5):
         super().__init__()
         self.ln = nn.LayerNorm(d_model, eps=eps)
-        self.q_proj = nn.Linear(d_model, memory_dim)
-        self.k_proj = nn.Linear(d_model, memory_dim)
+        self.k_proj = nn.Linear(d_model, memory_dim)  # shared by queries and keys
         self.v_proj = nn.Linear(d_model, d_model)
         self.o_proj = nn.Linear(d_model, d_model)
+        with torch.no_grad():  # start as a plain copy: y = sum_j att_j E[x_{j+1}] raises the logit of the recalled token
+            for lin in (self.v_proj, self.o_proj):
+                lin.weight.copy_(torch.eye(d_model))
+                lin.bias.zero_()
         self.log_beta = nn.Parameter(torch.tensor(2.3))  # exp(2.3) ~ 10: cosine 1 vs 0.5 is a 5-nat gap
         self.null_logit = nn.Parameter(torch.tensor(2.0))
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) -> unit queries (B, T, M)."""
-        return F.normalize(self.q_proj(self.ln(x)), dim=-1)
+        return F.normalize(self.k_proj(self.ln(x)), dim=-1)
 
     def keys(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) -> unit keys (B, T, M), as written to memory."""

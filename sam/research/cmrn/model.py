@@ -70,7 +70,7 @@ class CMRN(nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.added_experts: list[dict] = []  # [{"type", "domain"}] for experts added after construction
-        self.apply(self._init_weights)
+        self.apply(self._init_weights)  # embeddings only; Linear layers keep PyTorch's default init
         self.memory_system = MemorySystem(c.memory_size, c.memory_dim, c.d_model)
         self._stream: _Stream | None = None
 
