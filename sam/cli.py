@@ -1,31 +1,35 @@
 """The `sam` command line: chat with a local LM, correct it, and keep the corrections.
 
-Every command prints an expected failure (bad input, a locked or read-only store, a missing
-model) as one line on stderr and exits 1; heavy imports (torch, the editor, benchmarks) happen
-inside the commands so `sam --help` stays fast and one missing piece breaks only its command.
+Thin commands over the library (sam.core) and the skills (sam.orchestration). Every expected
+failure (bad input or setting, a locked, read-only or damaged store, a missing model) is one line
+on stderr and exit 1; a usage error (unknown option, missing argument) is one line and exit 2.
+Heavy imports (torch, the editor, benchmarks) happen inside the commands so `sam --help` is fast.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sam.errors import SamError
+from sam.errors import InvalidInputError, SamError
 
 app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
                   help="[bold]sam[/bold]: an assistant that learns from your corrections, for life.")
-edits_app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, help="List, show, revert, export and import edits.")
-bench_app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, help="Benchmarks (edit quality, memory MoE).")
+edits_app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True,
+                        help="List, show, revert, export and import edits.")
+bench_app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True,
+                        help="Benchmarks: editing, chat, startup, and the research architectures.")
 demo_app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, help="Demonstrations.")
 app.add_typer(edits_app, name="edits")
 app.add_typer(bench_app, name="bench")
@@ -36,42 +40,46 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line,
 
 # Unrelated questions re-asked after every edit: an edit must leave their answers alone.
 CONTROL_QUESTIONS = ["What is the capital of France?", "How many days are there in a week?"]
+MAX_CHARS = 100_000  # longer text cannot fit any model here; refused before anything loads
 
 
 @dataclass
 class State:
-    model: str
-    store: Path
-    device: str
+    settings: Any  # sam.config.Settings
     json: bool
-    prompt_format: str
-    settings: Any
+    verbose: bool
+    debug: bool
+
+    @property
+    def store(self) -> Path:
+        return self.settings.storage_dir.expanduser()
 
 
 # --- shared plumbing -----------------------------------------------------------------------------
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     err_console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Expected failures -> one line and exit 1; a traceback is kept for real bugs only."""
+    """Expected failures -> one line and exit 1."""
     from pydantic import ValidationError
+
+    from sam.config import setting_error
 
     try:
         yield
-    except (typer.Exit, typer.Abort):
+    except (typer.Exit, typer.Abort, click.exceptions.Exit):
         raise
     except SamError as exc:
         _fail(str(exc))
+    except ValidationError as exc:
+        _fail(setting_error(exc))
     except PermissionError as exc:
         _fail(f"permission denied: {exc.filename or exc}")
     except OSError as exc:
         _fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}")
     except KeyboardInterrupt:
         _fail("interrupted")
 
@@ -81,68 +89,67 @@ def _state(ctx: typer.Context) -> State:
 
 
 def _emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
-def _editor_config(settings):
-    from sam.core.editor import EditorConfig
-
-    overrides = {"layer": settings.layer, "top_k": settings.top_k, "threshold": settings.similarity_threshold,
-                 "max_steps": settings.max_steps, "lr": settings.learning_rate}
-    return EditorConfig(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _quiet_libraries() -> None:
-    """No progress bars or library warnings between a user's question and the answer."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+def _text(value: str, what: str) -> str:
+    """A command-line text: non-empty, valid UTF-8, no NUL, not absurdly long (checked before any load)."""
+    if not value or not value.strip():
+        _fail(f"{what} is empty")
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail(f"{what} is not valid UTF-8")
+    if "\x00" in value:
+        _fail(f"{what} contains a NUL character")
+    if len(value) > MAX_CHARS:
+        _fail(f"{what} is {len(value):,} characters long; the limit is {MAX_CHARS:,}")
+    return value
 
 
 def _open_editor(state: State, read_only: bool):
-    _quiet_libraries()
     from sam.core.editor import MemoirEditor
 
-    if read_only and not (state.store / "edits.sqlite").exists():
-        read_only = False  # a store that does not exist yet is created on first use
-    return MemoirEditor.open(state.store, model=state.model, device=state.device,
-                             config=_editor_config(state.settings), read_only=read_only,
-                             permutation_file=state.settings.permutation_file)
+    s = state.settings
+    return MemoirEditor.open(state.store, model=s.model, device=s.device, config=s.editor, read_only=read_only,
+                             model_cache=s.model_cache, permutation_file=s.permutation_file,
+                             prompt_format=s.prompt_format, verbose=state.verbose)
 
 
-def _session(state: State, read_only: bool):
-    from sam.orchestration.prompting import PromptFormat
+def _session(state: State, read_only: bool, system: str | None = None, keep_failed: bool = False):
     from sam.orchestration.session import ChatSession
     from sam.orchestration.skill import SkillContext
 
-    context = SkillContext(editor_factory=lambda: _open_editor(state, read_only),
-                           prompt_format=PromptFormat(state.prompt_format), store_dir=state.store,
+    context = SkillContext(editor_factory=lambda: _open_editor(state, read_only), store_dir=state.store,
                            min_edit_confidence=state.settings.min_edit_confidence,
-                           control_prompts=list(CONTROL_QUESTIONS))
+                           control_questions=list(CONTROL_QUESTIONS), system_prompt=system, keep_failed=keep_failed)
     return ChatSession(context)
 
 
 @contextmanager
-def _chat_session(state: State, read_only: bool) -> Iterator[Any]:
-    session = _session(state, read_only)
+def _chat_session(state: State, read_only: bool, **kwargs) -> Iterator[Any]:
+    session = _session(state, read_only, **kwargs)
     try:
         yield session
     finally:
         session.context.close()
 
 
+def _fail_reply(reply, state: State) -> None:
+    """A failed request: its message, and with --debug the traceback of a skill that crashed."""
+    if state.debug and reply.uif is not None:
+        for tb in reply.uif.tracebacks:
+            err_console.print(tb, markup=False)
+    _fail(reply.text)
+
+
 def _render_verification(reply) -> None:
     v, m = reply.data.get("verification", {}), reply.data.get("metrics") or {}
     table = Table(title=f"edit #{reply.data.get('edit_id')} — {v.get('verdict', '?')}", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
+    if v.get("replaces"):
+        table.add_row("replaces", f"edit #{v['replaces']['id']}: '{escape(v['replaces']['target'])}' (/undo brings it back)")
     table.add_row("answer before", escape(str(v.get("answer_before"))))
     table.add_row("answer after", escape(str(v.get("answer_after"))))
     table.add_row("memory fires", "yes" if v.get("memory_fired") else "no")
@@ -150,26 +157,23 @@ def _render_verification(reply) -> None:
         table.add_row("paraphrase", f"{'ok' if p['ok'] else 'MISS'}: {escape(p['answer'])}")
     controls = v.get("controls", [])
     if controls:
-        same = sum(c["unchanged"] for c in controls)
-        table.add_row("unrelated prompts", f"{same}/{len(controls)} unchanged")
+        table.add_row("unrelated questions", f"{sum(c['unchanged'] for c in controls)}/{len(controls)} unchanged")
     table.add_row("training", f"{m.get('steps')} steps, loss {m.get('loss')}, {m.get('seconds')} s")
     table.add_row("confidence", f"{v.get('confidence', 0):.2f}")
     console.print(table)
 
 
 def _reply_json(reply) -> dict:
-    out = {"kind": reply.kind, "text": reply.text, **{k: v for k, v in reply.data.items()}}
+    out = {"kind": reply.kind, "text": reply.text, **dict(reply.data.items())}
     if reply.uif is not None:
-        out["task_id"] = reply.uif.task_id
-        out["plan"] = reply.uif.execution_plan
-        out["confidence"] = reply.uif.confidence_score
-        out["warnings"] = reply.uif.warnings
+        out.update(task_id=reply.uif.task_id, plan=reply.uif.execution_plan, confidence=reply.uif.confidence_score,
+                   warnings=reply.uif.warnings)
     return out
 
 
 def _render_reply(reply, state: State) -> None:
     if state.json:
-        print(json.dumps(_reply_json(reply), default=str), flush=True)
+        print(json.dumps(_reply_json(reply), default=str, ensure_ascii=False), flush=True)
         return
     if reply.kind == "answer":
         routed = reply.data.get("routed_edit")
@@ -182,69 +186,94 @@ def _render_reply(reply, state: State) -> None:
         _edits_table(reply.data["edits"], title=reply.text)
     elif reply.kind == "error":
         console.print(f"[red]![/red] {escape(reply.text)}")
-    elif reply.kind in ("feedback", "undo", "help"):
-        if reply.text:
-            console.print(f"[dim]{escape(reply.text)}[/dim]" if reply.kind == "feedback" else escape(reply.text))
+        if state.debug and reply.uif is not None:
+            for tb in reply.uif.tracebacks:
+                err_console.print(tb, markup=False)
+    elif reply.text:
+        console.print(f"[dim]{escape(reply.text)}[/dim]" if reply.kind == "feedback" else escape(reply.text))
 
 
 def _edits_table(rows: list[dict], title: str = "edits") -> None:
-    from sam.orchestration.prompting import unframe
-
     table = Table(title=title)
     for col in ("id", "status", "question", "answer", "source", "created"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(str(r["id"]), r["status"], escape(unframe(r["prompt"])), escape(r["target"]),
-                      r["source"], str(r["created"])[:19])
+        table.add_row(str(r["id"]), r["status"], escape(r["question"]), escape(r["target"]), r["source"],
+                      str(r["created"])[:19])
     console.print(table)
 
 
-def _nonempty(value: str, what: str) -> str:
-    if not value or not value.strip():
-        _fail(f"{what} is empty")
-    return value
+@contextmanager
+def _progress(state: State, description: str):
+    """A rich progress bar on stderr (none with --json); yields update(done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if state.json:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 # --- global options ------------------------------------------------------------------------------
 @app.callback()
-def main(
+def main_options(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option(
-        "--model", envvar="MEMOIR_MODEL", show_envvar=True,
-        help="'default' (SmolLM2-135M-Instruct), another shipped alias, or a local HF model folder.")] = None,
+        "--model", help="'default' (SmolLM2-135M-Instruct), 'gemma3-270m', a local .gguf file or a HF model folder "
+                        "[env MEMOIR_MODEL].")] = None,
     store: Annotated[Optional[Path], typer.Option(
-        "--store", envvar=["SAM_HOME", "MEMOIR_STORAGE_DIR"], show_envvar=True,
-        help="Data folder: edits, memories, learned plans. Default ~/.sam.")] = None,
+        "--store", help="The store folder: edits and their memory [env SAM_HOME; default ~/.sam].")] = None,
     device: Annotated[Optional[str], typer.Option(
-        "--device", envvar="MEMOIR_DEVICE", show_envvar=True, help="torch device: cpu, cuda, cuda:0 ...")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON) where it applies.")] = False,
+        "--device", help="torch device: cpu, cuda, cuda:0 ... [env MEMOIR_DEVICE].")] = None,
     prompt_format: Annotated[Optional[str], typer.Option(
-        "--format", envvar="MEMOIR_PROMPT_FORMAT", show_envvar=True,
-        help="How a question is framed for the model: qa, raw or chat.")] = None,
+        "--format", help="How a question is framed: auto (the model's chat template when it has one, else line), "
+                         "chat, line, qa or raw [env MEMOIR_PROMPT_FORMAT].")] = None,
+    layer: Annotated[Optional[int], typer.Option(
+        "--layer", help="Decoder layer that gets the memory [env MEMOIR_LAYER; default 85% of the depth].")] = None,
+    top_k: Annotated[Optional[int], typer.Option(
+        "--top-k", help="Memory columns per edit [env MEMOIR_TOP_K; default 128].")] = None,
+    similarity_threshold: Annotated[Optional[float], typer.Option(
+        "--similarity-threshold", help="Mask overlap at which an edit fires, in (0, 1] "
+                                       "[env MEMOIR_SIMILARITY_THRESHOLD; default 0.45].")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(
+        "--learning-rate", help="SGD learning rate of an edit [env MEMOIR_LEARNING_RATE; default 50].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(
+        "--max-steps", help="Most optimisation steps per edit [env MEMOIR_MAX_STEPS; default 30].")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON) where it applies.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show library logs and progress bars.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of an internal error.")] = False,
 ) -> None:
     with _errors():
-        from sam.config import Settings
+        from sam.config import load_settings
 
-        settings = Settings()
-        fmt = prompt_format or settings.prompt_format
-        from sam.orchestration.prompting import PromptFormat
-
-        PromptFormat(fmt)  # reject an unknown format before any model loads
-        ctx.obj = State(model=model or settings.model, store=(store or settings.storage_dir).expanduser(),
-                        device=device or settings.device, json=json_out, prompt_format=fmt, settings=settings)
+        overrides: dict[str, Any] = {k: v for k, v in {
+            "model": model, "storage_dir": store, "device": device, "prompt_format": prompt_format}.items()
+            if v is not None}
+        editor = {k: v for k, v in {"layer": layer, "top_k": top_k, "similarity_threshold": similarity_threshold,
+                                    "learning_rate": learning_rate, "max_steps": max_steps}.items() if v is not None}
+        if editor:
+            overrides["editor"] = editor
+        settings = load_settings(**overrides)
+    if verbose or debug:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(name)s: %(message)s")
+    ctx.obj = State(settings=settings, json=json_out, verbose=verbose, debug=debug)
 
 
 # --- chatting ------------------------------------------------------------------------------------
 @app.command()
-def chat(ctx: typer.Context) -> None:
-    """Interactive session: ask, correct ("No, it's X" or [bold]/correct X[/bold]), [bold]/undo[/bold], [bold]/edits[/bold], [bold]/quit[/bold].
+def chat(ctx: typer.Context,
+         system: Annotated[Optional[str], typer.Option(help="System prompt of the conversation.")] = None) -> None:
+    """Interactive session: ask, correct ("No, it's X" or [bold]/correct X[/bold]), [bold]/undo[/bold], [bold]/edits[/bold], [bold]/system[/bold], [bold]/new[/bold], [bold]/quit[/bold].
 
     Reads stdin line by line when it is not a terminal, so a session can be scripted:
     [dim]printf 'What is the capital of Australia?\\nNo, it is Canberra\\n' | sam chat[/dim]
     """
     state = _state(ctx)
     interactive = sys.stdin.isatty()
-    with _errors(), _chat_session(state, read_only=False) as session:
+    with _errors(), _chat_session(state, read_only=False, system=system) as session:
         session.context.editor  # open now: a locked store is reported before the first question
         if not state.json:
             console.print("[bold]sam chat[/bold] — ask a question, correct an answer, /help for commands.")
@@ -260,351 +289,241 @@ def chat(ctx: typer.Context) -> None:
                         console.print(f"[bold green]you>[/bold green] {escape(line.strip())}")
             except (EOFError, KeyboardInterrupt):
                 break
+            if len(line) > MAX_CHARS:
+                _render_reply(_error_reply(f"the line is {len(line):,} characters long; the limit is {MAX_CHARS:,}"),
+                              state)
+                continue
             reply = session.handle(line)
             if reply.kind == "quit":
                 break
             _render_reply(reply, state)
 
 
+def _error_reply(text: str):
+    from sam.orchestration.session import Reply
+
+    return Reply("error", text)
+
+
 @app.command()
 def ask(ctx: typer.Context,
-        prompt: Annotated[str, typer.Argument(help="The question.")]) -> None:
-    """Answer one question with the edited model (opens the store read-only)."""
+        question: Annotated[str, typer.Argument(help="The question.")],
+        system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None) -> None:
+    """Answer one question with the edited model (reads the store; creates nothing)."""
     state = _state(ctx)
-    _nonempty(prompt, "the question")
-    with _errors(), _chat_session(state, read_only=True) as session:
-        reply = session.ask(prompt)
+    _text(question, "the question")
+    with _errors(), _chat_session(state, read_only=True, system=system) as session:
+        reply = session.ask(question)
         if not reply.ok:
-            _fail(reply.text)
+            _fail_reply(reply, state)
         if state.json:
-            _emit_json({"question": prompt, "prompt": reply.uif.get("model_prompt"), "answer": reply.text,
+            _emit_json({"question": question, "prompt": reply.uif.get("model_prompt").text, "answer": reply.text,
                         "routed_edit": reply.data.get("routed_edit")})
         else:
-            console.print(escape(reply.text), markup=True)
+            console.print(escape(reply.text))
 
 
 @app.command()
 def correct(ctx: typer.Context,
-            prompt: Annotated[str, typer.Argument(help="The question to correct.")],
+            question: Annotated[str, typer.Argument(help="The question to correct.")],
             answer: Annotated[str, typer.Argument(help="The answer it should give.")],
             paraphrase: Annotated[Optional[list[str]], typer.Option(
                 "--paraphrase", "-p", help="Another wording of the question to check after the edit (repeatable).")] = None,
+            keep_failed: Annotated[bool, typer.Option(
+                "--keep-failed", help="Write the edit even when verification says it did not take.")] = False,
             ) -> None:
-    """Edit the model so PROMPT is answered with ANSWER, then verify the edit."""
+    """Edit the model so QUESTION is answered with ANSWER; verify, then write the edit (or roll it back)."""
     state = _state(ctx)
-    _nonempty(prompt, "the question")
-    _nonempty(answer, "the answer")
-    with _errors(), _chat_session(state, read_only=False) as session:
-        reply = session.correct(answer, question=prompt, paraphrases=paraphrase or [])
-        _finish_edit(reply, state)
+    _text(question, "the question")
+    _text(answer, "the answer")
+    for p in paraphrase or []:
+        _text(p, "a paraphrase")
+    with _errors(), _chat_session(state, read_only=False, keep_failed=keep_failed) as session:
+        _finish_edit(session.correct(answer, question=question, paraphrases=paraphrase or []), state)
 
 
 def _finish_edit(reply, state: State) -> None:
     if not reply.ok:
-        _fail(reply.text)
+        _fail_reply(reply, state)
     if state.json:
         _emit_json(_reply_json(reply))
     elif reply.kind == "edit":
         _render_verification(reply)
-    if reply.kind == "edit" and reply.data["verification"].get("verdict") == "failed":
-        raise typer.Exit(1)
 
 
 @app.command()
 def feedback(ctx: typer.Context,
-             prompt: Annotated[str, typer.Argument(help="The question that was asked.")],
+             question: Annotated[str, typer.Argument(help="The question that was asked.")],
              response: Annotated[str, typer.Argument(help="The answer the model gave.")],
              feedback_text: Annotated[str, typer.Argument(metavar="FEEDBACK", help="The user's reply to it.")]) -> None:
     """Treat FEEDBACK as the user's reply to RESPONSE: a correction edits the model, anything else changes nothing."""
     from sam.orchestration.session import Turn
 
     state = _state(ctx)
-    for value, what in ((prompt, "the question"), (response, "the response"), (feedback_text, "the feedback")):
-        _nonempty(value, what)
+    for value, what in ((question, "the question"), (response, "the response"), (feedback_text, "the feedback")):
+        _text(value, what)
     with _errors(), _chat_session(state, read_only=False) as session:
-        session.history.append(Turn(prompt, session.context.prompt_format.render(prompt), response))
+        session.history.append(Turn(question, response))
         reply = session.feedback(feedback_text)
         if reply.kind == "feedback":
-            kind = reply.data.get("feedback_kind")
             if state.json:
                 _emit_json({**_reply_json(reply), "edited": False})
             else:
-                console.print(f"no edit: {escape(reply.text)} [dim]({kind})[/dim]")
+                console.print(f"no edit: {escape(reply.text)} [dim]({reply.data.get('feedback_kind')})[/dim]")
             return
         _finish_edit(reply, state)
 
 
 @app.command("fix-facts")
 def fix_facts(ctx: typer.Context,
-              source: Annotated[Path, typer.Argument(help="Trusted facts: .jsonl, .csv (prompt/answer) or .sqlite.")],
+              source: Annotated[Path, typer.Argument(help="Trusted facts: .jsonl, .csv (question/answer) or .sqlite.")],
               dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list the wrong answers.")] = False,
               table_name: Annotated[str, typer.Option("--table", help="SQLite table holding the facts.")] = "facts",
-              limit: Annotated[Optional[int], typer.Option(help="Check at most this many facts.")] = None) -> None:
-    """Self-correction: ask every fact of SOURCE, edit the wrong answers, report what changed."""
-    from sam.orchestration.uif import SAM_UIF
-    from skills.factual_correction import load_facts
+              limit: Annotated[Optional[int], typer.Option(min=1, help="Check at most this many facts.")] = None) -> None:
+    """Self-correction: ask every fact of SOURCE, correct the wrong answers (as `sam correct` does), report."""
+    from sam_skills.factual_correction import load_facts
 
     state = _state(ctx)
     with _errors():
         load_facts(source, table_name)  # a bad source fails before the model loads
-        with _chat_session(state, read_only=dry_run) as session:
-            uif = session.orchestrator.run(SAM_UIF(intermediate_data={
-                "fact_source": str(source), "dry_run": dry_run, "fact_table": table_name, "fact_limit": limit}),
-                "self_correct")
-            if not uif.ok:
-                _fail(uif.errors[0])
-        report = uif.get("corrections_report")
-        if state.json:
-            _emit_json(report)
-            return
-        table = Table(title=uif.final_response)
-        for col in ("question", "expected", "before", "after", "status"):
-            table.add_column(col, overflow="fold")
-        for it in report["items"]:
-            table.add_row(escape(it["prompt"]), escape(it["expected"]), escape(it["before"]),
-                          escape(it.get("after", "")), it["status"])
-        console.print(table)
+        with _chat_session(state, read_only=dry_run) as session, _progress(state, "correcting") as update:
+            report = session.fix_facts(source, dry_run=dry_run, table=table_name, limit=limit, progress=update)
+    if state.json:
+        _emit_json(report)
+        return
+    verb = "would edit" if dry_run else f"edited {report['edited']}, fixed {report['fixed']}"
+    table = Table(title=f"checked {report['checked']} facts, {report['wrong']} wrong; {verb}")
+    for col in ("question", "expected", "before", "after", "status"):
+        table.add_column(col, overflow="fold")
+    for it in report["items"]:
+        table.add_row(escape(it["question"]), escape(it["expected"]), escape(it["before"]),
+                      escape(it.get("after", "")), escape(it["status"]))
+    console.print(table)
 
 
 # --- edits ---------------------------------------------------------------------------------------
+def _read_store(state: State):
+    """The store, read-only, without a model (listing and export need none)."""
+    from sam.core.store import Store
+
+    return Store(state.store, read_only=True)
+
+
 @edits_app.command("list")
 def edits_list(ctx: typer.Context,
-               status: Annotated[str, typer.Option(help="active, reverted or all.")] = "active") -> None:
-    """List edits (read-only)."""
+               status: Annotated[str, typer.Option(help="active, reverted, superseded or all.")] = "active") -> None:
+    """List edits (read-only; loads no model)."""
+    from sam.core.store import Store
+
     state = _state(ctx)
-    if status not in ("active", "reverted", "all"):
-        _fail(f"unknown status '{status}' (active, reverted or all)")
+    if status not in ("active", "reverted", "superseded", "all"):
+        _fail(f"unknown status '{status}' (active, reverted, superseded or all)")
     with _errors():
-        with _open_editor(state, read_only=True) as ed:
-            rows = [r.to_dict() for r in ed.edits(None if status == "all" else status)]
-        if state.json:
-            _emit_json(rows)
+        if Store.exists(state.store):
+            with _read_store(state) as st:
+                rows = [r.to_dict() for r in st.edits(None if status == "all" else status)]
         else:
-            _edits_table(rows, title=f"{len(rows)} {status} edit(s) in {state.store}")
+            rows = []
+    if state.json:
+        _emit_json(rows)
+    else:
+        _edits_table(rows, title=f"{len(rows)} {status} edit(s) in {state.store}")
 
 
 @edits_app.command("show")
-def edits_show(ctx: typer.Context, edit_id: Annotated[int, typer.Argument(help="Edit id.")]) -> None:
+def edits_show(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="Edit id.")]) -> None:
     """Show one edit and what the model answers now (read-only)."""
-    from sam.orchestration.prompting import PromptFormat
-
     state = _state(ctx)
     with _errors():
         with _open_editor(state, read_only=True) as ed:
             rec = ed.get_edit(edit_id).to_dict()
-            rec["answer_now"] = PromptFormat(state.prompt_format).clean(ed.generate(rec["prompt"]))
-            fired, overlap = ed.route(rec["prompt"])
-            rec["memory_fires"], rec["overlap"] = fired == edit_id, round(overlap, 3)
-        if state.json:
-            _emit_json(rec)
-            return
-        table = Table(title=f"edit #{edit_id}", show_header=False)
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")
-        for k, v in rec.items():
-            table.add_row(k, escape(str(v)))
-        console.print(table)
+            gen = ed.answer([ed.render(rec["question"])])[0]
+            rec.update(answer_now=ed.prompts.clean(gen.text), memory_fires=gen.edit_id == rec["id"],
+                       overlap=round(gen.overlap, 3))
+    if state.json:
+        _emit_json(rec)
+        return
+    table = Table(title=f"edit #{rec['id']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for k, v in rec.items():
+        table.add_row(k, escape(str(v)))
+    console.print(table)
 
 
 @edits_app.command("revert")
-def edits_revert(ctx: typer.Context, edit_id: Annotated[int, typer.Argument(help="Edit id.")]) -> None:
-    """Revert one edit: its prompt answers as before the edit."""
+def edits_revert(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="Edit id.")]) -> None:
+    """Revert one edit: it stops firing (an edit it replaced comes back)."""
+    from sam.memory.edit_mask_db import check_edit_id
+
     state = _state(ctx)
-    with _errors(), _chat_session(state, read_only=False) as session:
-        from sam.orchestration.uif import SAM_UIF
-
-        uif = session.orchestrator.run(SAM_UIF(intermediate_data={"revert_id": edit_id}), "undo")
-        if not uif.ok:
-            _fail(uif.errors[0])
-        info = uif.get("reverted")
-        if state.json:
-            _emit_json(info)
-        else:
-            console.print(f"reverted edit #{edit_id}; it now answers: {escape(info['answer_now'])}")
-
-
-EXPORT_FORMAT = "sam-edits"
+    with _errors():
+        check_edit_id(edit_id)
+        with _chat_session(state, read_only=False) as session:
+            reply = session.revert(int(edit_id))
+            if not reply.ok:
+                _fail_reply(reply, state)
+    if state.json:
+        _emit_json(reply.data)
+    else:
+        console.print(escape(reply.text))
 
 
 @edits_app.command("export")
 def edits_export(ctx: typer.Context,
                  file: Annotated[Path, typer.Argument(help="JSON file to write.")],
-                 all_edits: Annotated[bool, typer.Option("--all", help="Include reverted edits (not replayed on import).")] = False) -> None:
-    """Write the edits to a portable JSON file (replayable on another machine with `edits import`)."""
-    import datetime as dt
-
+                 all_edits: Annotated[bool, typer.Option("--all", help="Include reverted and superseded edits "
+                                                                     "(not replayed on import).")] = False) -> None:
+    """Write the edits to a portable, checksummed JSON file (replay it with `sam edits import`)."""
     state = _state(ctx)
     with _errors():
-        with _open_editor(state, read_only=True) as ed:
-            rows = ed.edits(None if all_edits else "active")
-            doc = {"format": EXPORT_FORMAT, "version": 1, "model": str(ed.model_name),
-                   "prompt_format": state.prompt_format,
-                   "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   "edits": [{k: r.to_dict()[k] for k in ("id", "prompt", "target", "source", "importance",
-                                                           "created", "status")} for r in rows]}
-        file.write_text(json.dumps(doc, indent=2))
-        if state.json:
-            _emit_json({"file": str(file), "edits": len(rows)})
-        else:
-            console.print(f"wrote {len(rows)} edit(s) to {file}")
-
-
-def _read_export(file: Path) -> list[dict]:
-    from sam.errors import InvalidInputError
-
-    try:
-        doc = json.loads(file.read_text())
-    except ValueError as exc:
-        raise InvalidInputError(f"{file} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("edits"), list):
-        raise InvalidInputError(f"{file} is not a sam edits export (want format '{EXPORT_FORMAT}')")
-    for i, e in enumerate(doc["edits"]):
-        if not isinstance(e, dict) or not str(e.get("prompt", "")).strip() or not str(e.get("target", "")).strip():
-            raise InvalidInputError(f"{file}: edit {i} lacks a prompt or a target")
-    return doc["edits"]
+        with _read_store(state) as st:
+            n = st.export(file, model=state.settings.model, prompt_format=st.meta("prompt_format", "?"),
+                          include_reverted=all_edits)
+    if state.json:
+        _emit_json({"file": str(file), "edits": n})
+    else:
+        console.print(f"wrote {n} edit(s) to {file}")
 
 
 @edits_app.command("import")
 def edits_import(ctx: typer.Context,
                  file: Annotated[Path, typer.Argument(help="A file written by `sam edits export`.")],
                  dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed.")] = False) -> None:
-    """Replay exported edits (re-edit each active one; ones already in the store are skipped)."""
+    """Replay exported edits through the same path as `sam correct` (ones already present are skipped)."""
+    from sam.core.exchange import read_export
+
     state = _state(ctx)
     with _errors():
-        if not file.is_file():
-            _fail(f"no such file: {file}")
-        todo = [e for e in _read_export(file) if e.get("status", "active") == "active"]
-        results = []
-        with _open_editor(state, read_only=dry_run) as ed:
-            have = {(r.prompt, r.target) for r in ed.edits("active")}
-            for e in todo:
-                row = {"prompt": e["prompt"], "target": e["target"], "from_id": e.get("id")}
-                if (e["prompt"], e["target"]) in have:
-                    row["status"] = "already present"
-                elif dry_run:
-                    row["status"] = "would import"
-                else:
-                    r = ed.edit(e["prompt"], e["target"], source=str(e.get("source") or "import"),
-                                importance=float(e.get("importance") or 1.0))
-                    have.add((e["prompt"], e["target"]))
-                    row.update(status="imported" if r.success else "imported (not fully learned)", edit_id=r.edit_id)
-                results.append(row)
-        if state.json:
-            _emit_json(results)
-            return
-        from sam.orchestration.prompting import unframe
-
-        table = Table(title=f"{len(results)} edit(s) from {file}")
-        for col in ("from", "new id", "question", "answer", "status"):
-            table.add_column(col, overflow="fold")
-        for r in results:
-            table.add_row(str(r["from_id"]), str(r.get("edit_id", "")), escape(unframe(r["prompt"])),
-                          escape(r["target"]), r["status"])
-        console.print(table)
-
-
-# --- verification, benchmarks, demos -------------------------------------------------------------
-def _call(fn, **kwargs):
-    """Call fn with the keyword arguments it accepts (the bench entry points differ slightly)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
-def _import(module: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        _fail(f"{what} is not available ({exc})")
-
-
-@app.command()
-def verify(ctx: typer.Context,
-           phase: Annotated[str, typer.Option("--phase", help="a, b, c or all.")] = "all") -> None:
-    """Run the end-to-end verification of a phase (A: editing, B: memory MoE, C: chat and skills)."""
-    state = _state(ctx)
-    phases = ["a", "b", "c"] if phase == "all" else [phase.lower()]
-    if any(p not in ("a", "b", "c") for p in phases):
-        _fail(f"unknown phase '{phase}' (a, b, c or all)")
-    worst = 0
-    with _errors():
-        for p in phases:
-            mod = _import(f"sam.verify.phase_{p}", f"phase {p.upper()} verification")
-            rc = _call(mod.main, model=state.model, device=state.device, json_out=state.json)
-            worst = max(worst, int(rc or 0))
-    if worst:
-        raise typer.Exit(worst)
-
-
-@bench_app.command("edit")
-def bench_edit(ctx: typer.Context,
-               sizes: Annotated[str, typer.Option(help="Comma-separated numbers of sequential edits.")] = "1,10,100",
-               out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/edit"),
-               data: Annotated[Optional[Path], typer.Option(help="zsRE-style JSON of edits (default: the shipped sample).")] = None,
-               compare_naive: Annotated[int, typer.Option(help="Also time this many edits with the naive loop.")] = 5,
-               generation: Annotated[bool, typer.Option(help="Also check generated answers.")] = True,
-               generation_max: Annotated[Optional[int], typer.Option(
-                   help="Skip generated answers at checkpoints past this many edits.")] = None,
-               tag: Annotated[Optional[str], typer.Option(help="Name of the results file.")] = None) -> None:
-    """Edit benchmark on the real model: reliability, generalisation, locality, time per edit."""
-    state = _state(ctx)
-    with _errors():
-        if not sizes.strip() or any(not s.strip().isdigit() for s in sizes.split(",")):
-            _fail(f"--sizes wants comma-separated integers, got '{sizes}'")
-        mod = _import("sam.bench.editing", "the edit benchmark")
-        # The benchmark prints its own table (or JSON with --json) and writes <out>/<tag>.json.
-        mod.main(sizes=sizes, device=state.device, out=out, model=state.model, data=data,
-                 compare_naive=compare_naive, generation=generation, generation_max=generation_max,
-                 json_out=state.json, tag=tag)
-
-
-def _run_printing(fn, state: State, **kwargs) -> None:
-    """Run a benchmark that prints its own tables; with --json they go to stderr, the JSON to stdout."""
-    import contextlib
-
-    if not state.json:
-        fn(**kwargs)
+        edits = read_export(file)  # a bad file fails before the model loads
+        with _chat_session(state, read_only=dry_run) as session, _progress(state, "importing") as update:
+            results = session.import_edits(edits, dry_run=dry_run, progress=update)
+    if state.json:
+        _emit_json(results)
         return
-    with contextlib.redirect_stdout(sys.stderr):
-        result = fn(**kwargs)
-    _emit_json(result)
+    table = Table(title=f"{len(results)} edit(s) from {file}")
+    for col in ("from", "new id", "question", "answer", "status"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(str(r["from_id"]), str(r.get("edit_id", "")), escape(r["question"]), escape(r["target"]),
+                      escape(r["status"]))
+    console.print(table)
+    if any(r["status"].startswith("not imported") for r in results):
+        raise typer.Exit(1)
 
 
-@bench_app.command("moe")
-def bench_moe(ctx: typer.Context,
-              seeds: Annotated[int, typer.Option(help="Seeds per experiment.")] = 5,
-              out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/moe"),
-              quick: Annotated[bool, typer.Option(help="Small settings for a smoke run.")] = False) -> None:
-    """Memory-enhanced MoE benchmark (few-shot, continual learning, specialisation, cost)."""
-    state = _state(ctx)
-    if seeds < 1:
-        _fail("--seeds must be at least 1")
-    with _errors():
-        mod = _import("sam.bench.moe", "the MoE benchmark")
-        _run_printing(mod.main, state, seeds=seeds, out_dir=out, quick=quick, device=state.device)
-
-
-@demo_app.command("moe")
-def demo_moe(ctx: typer.Context) -> None:
-    """A short demonstration of the memory-enhanced MoE."""
-    state = _state(ctx)
-    with _errors():
-        mod = _import("sam.bench.moe_demo", "the MoE demo")
-        _run_printing(mod.main, state, device=state.device)
-
-
-# --- doctor --------------------------------------------------------------------------------------
+# --- store care ----------------------------------------------------------------------------------
 @app.command()
-def doctor(ctx: typer.Context) -> None:
+def doctor(ctx: typer.Context,
+           check: Annotated[bool, typer.Option("--check", help="Verify the store end to end: database "
+                                                               "integrity, every delta's checksum, the fingerprinter.")] = False) -> None:
     """What is installed, which model, where the data lives (loads no model)."""
     from sam.orchestration.doctor import diagnose
 
     state = _state(ctx)
+    s = state.settings
     with _errors():
-        report = diagnose(state.model, state.store, state.device, state.prompt_format)
+        report = diagnose(s.model, state.store, s.device, s.prompt_format, s.model_cache, check=check)
     if state.json:
         _emit_json(report)
     else:
@@ -615,9 +534,175 @@ def doctor(ctx: typer.Context) -> None:
             for k, v in rows.items():
                 table.add_row(k, escape(str(v)))
             console.print(table)
-    if not report["model"].get("available", False):
+    if not report["model"].get("available", False) or (check and report["store"].get("check") != "ok"):
         raise typer.Exit(1)
 
 
+@app.command()
+def repair(ctx: typer.Context) -> None:
+    """Rebuild what can be rebuilt: the fingerprinter (from the model, checked against the store's record);
+    edits whose stored delta fails its checksum are taken out of use (reverted) and listed."""
+    from sam.core.repair import repair_store
+
+    state = _state(ctx)
+    s = state.settings
+    with _errors():
+        report = repair_store(state.store, model=s.model, device=s.device, config=s.editor,
+                              model_cache=s.model_cache, verbose=state.verbose)
+    if state.json:
+        _emit_json(report)
+    else:
+        for line in report["actions"] or ["nothing to repair"]:
+            console.print(escape(line))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def upgrade(ctx: typer.Context) -> None:
+    """Upgrade a store made by an earlier sam to the current format, in place (a backup is kept)."""
+    from sam.core.store import Store
+
+    state = _state(ctx)
+    with _errors():
+        with Store(state.store) as st:
+            info = {"store": str(state.store), "schema": st.db.schema, "upgraded_from": st.meta("upgraded_from"),
+                    "backup": st.meta("backup")}
+    if state.json:
+        _emit_json(info)
+    else:
+        console.print(f"store {state.store} is in format {info['schema']}"
+                      + (f" (upgraded from {info['upgraded_from']}; backup in backup/{info['backup']})"
+                         if info["upgraded_from"] else ""))
+
+
+# --- verification, benchmarks, demos -------------------------------------------------------------
+@app.command()
+def verify(ctx: typer.Context,
+           phase: Annotated[str, typer.Option("--phase", help="a, b, c or all.")] = "all") -> None:
+    """End-to-end checks on the real model. A: the memory is inert and deterministic before any edit;
+    B: one edit takes, persists, stays local, reverts, refuses bad input; C: chat, correction, restart, /undo."""
+    import importlib
+
+    state = _state(ctx)
+    phases = ["a", "b", "c"] if phase.lower() == "all" else [phase.lower()]
+    if any(p not in ("a", "b", "c") for p in phases):
+        _fail(f"unknown phase '{phase}' (a, b, c or all)")
+    worst = 0
+    with _errors():
+        for p in phases:
+            mod = importlib.import_module(f"sam.verify.phase_{p}")
+            rc = mod.main(model=state.settings.model, device=state.settings.device, json_out=state.json)
+            worst = max(worst, int(rc or 0))
+    if worst:
+        raise typer.Exit(worst)
+
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _bench(module: str, ctx: typer.Context, what: str, extra: list[str]) -> None:
+    """Run a benchmark module's argparse main with the rest of the command line."""
+    import importlib
+
+    state = _state(ctx)
+    argv = list(extra)
+    if state.settings.device != "cpu" and "--device" not in argv:
+        argv += ["--device", state.settings.device]
+    with _errors():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            _fail(f"{what} needs the research extra ({exc.name} is missing): pip install 'sam[research]'")
+        try:
+            result = mod.main(argv)
+        except SystemExit as exc:  # argparse: --help, or a usage error
+            raise typer.Exit(exc.code or 0) from None
+    if isinstance(result, int) and result:
+        raise typer.Exit(result)
+
+
+@bench_app.command("edit", context_settings=_PASS_THROUGH)
+def bench_edit(ctx: typer.Context) -> None:
+    """Sequential editing on zsRE or synthetic facts: Rel/Gen/Loc, s/edit, storage (--help for its options)."""
+    _bench("sam.bench.editing", ctx, "the edit benchmark", _with_settings(ctx, ctx.args))
+
+
+def _with_settings(ctx: typer.Context, argv: list[str]) -> list[str]:
+    """Pass the global model and editor settings on to a benchmark that takes them."""
+    s = _state(ctx).settings
+    out = list(argv)
+    if "--model" not in out:
+        out += ["--model", s.model]
+    for field in ("layer", "top_k", "similarity_threshold", "learning_rate", "max_steps"):
+        flag = "--" + field.replace("_", "-")
+        value = getattr(s.editor, field)
+        if flag not in out and value is not None and field in s.editor.model_fields_set:
+            out += [flag, str(value)]
+    return out
+
+
+@bench_app.command("chat", context_settings=_PASS_THROUGH)
+def bench_chat(ctx: typer.Context) -> None:
+    """Edits made in one conversation, asked in others; natural edit set (--help for its options)."""
+    _bench("sam.bench.chat", ctx, "the chat benchmark", _with_settings(ctx, ctx.args))
+
+
+@bench_app.command("ask", context_settings=_PASS_THROUGH)
+def bench_ask(ctx: typer.Context) -> None:
+    """Time to a first answer: `sam ask` from a new process to the printed answer."""
+    _bench("sam.bench.startup", ctx, "the startup benchmark", ctx.args)
+
+
+@bench_app.command("moe", context_settings=_PASS_THROUGH)
+def bench_moe(ctx: typer.Context) -> None:
+    """Memory-enhanced MoE: few-shot, continual learning, specialisation, cost (docs/moe.md)."""
+    _bench("sam.research.moe.bench", ctx, "the MoE benchmark", ctx.args)
+
+
+@bench_app.command("memnet", context_settings=_PASS_THROUGH)
+def bench_memnet(ctx: typer.Context) -> None:
+    """MemNet, explicit slot memory vs Transformer and LSTM baselines (docs/memnet.md)."""
+    _bench("sam.research.memnet.bench", ctx, "the MemNet benchmark", ctx.args)
+
+
+@bench_app.command("cmrn", context_settings=_PASS_THROUGH)
+def bench_cmrn(ctx: typer.Context) -> None:
+    """CMRN, composable memory routing network vs a same-size Transformer (docs/cmrn.md)."""
+    _bench("sam.research.cmrn.bench", ctx, "the CMRN benchmark", ctx.args)
+
+
+@demo_app.command("moe")
+def demo_moe(ctx: typer.Context) -> None:
+    """A short demonstration of the memory-enhanced MoE."""
+    state = _state(ctx)
+    with _errors():
+        try:
+            from sam.research.moe.demo import main as demo
+        except ImportError as exc:
+            _fail(f"the MoE demo needs the research extra ({exc.name} is missing): pip install 'sam[research]'")
+        result = demo(device=state.settings.device)
+    if state.json:
+        _emit_json(result)
+
+
+def main() -> None:
+    """The console script: usage errors are one line and exit 2, like every other error is one line."""
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        err_console.print(f"[red]error:[/red] {escape(exc.format_message())}{hint}")
+        sys.exit(2)
+    except click.Abort:
+        err_console.print("[red]error:[/red] aborted")
+        sys.exit(1)
+    except UnicodeDecodeError as exc:
+        err_console.print(f"[red]error:[/red] input is not valid UTF-8 ({exc.reason})")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -131,3 +131,17 @@ def setting_error(exc: ValidationError) -> str:
     value = first.get("input")
     shown = f"={value!r}" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
     return f"invalid setting {name}{shown}: {first['msg']}"
+
+
+KNOWN_ENV = {env_name(f) for f in EDITOR_FIELDS} | {env_name(f) for f in Settings.model_fields if f != "editor"}
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment and `overrides` (CLI options), validated once. An unknown MEMOIR_*
+    variable is refused, not ignored: a misspelt setting must not silently do nothing."""
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in KNOWN_ENV)
+    if unknown:
+        from sam.errors import InvalidInputError
+
+        raise InvalidInputError(f"unknown setting {unknown[0]} (known: {', '.join(sorted(KNOWN_ENV))})")
+    return Settings(**overrides)

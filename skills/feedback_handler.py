@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sam.orchestration.prompting import contains_answer, normalize
+from sam.core.prompts import contains_answer, normalize
 from sam.orchestration.skill import BaseSkill
 from sam.orchestration.uif import SAM_UIF
 
@@ -203,7 +203,7 @@ class FeedbackHandler(BaseSkill):
     name = "feedback_handler"
     description = "Classify a reply to an answer; a factual correction becomes an edit request."
     required_inputs = ("feedback",)
-    optional_inputs = ("previous_prompt", "previous_answer", "question")
+    optional_inputs = ("previous_answer", "question", "history")
     output_keys = ("feedback_kind", "feedback_summary")
 
     def execute(self, uif: SAM_UIF) -> SAM_UIF:
@@ -212,20 +212,16 @@ class FeedbackHandler(BaseSkill):
         uif.put(self.name, feedback_kind=fb.kind, feedback_summary=self._summary(fb),
                 feedback_confidence=fb.confidence)
         if fb.kind == "factual_correction":
-            prompt = uif.get("previous_prompt")
-            if not prompt:
-                if not question:
-                    uif.fail("a correction needs the question it corrects (previous_prompt or question)", self.name)
-                    return uif
-                prompt = self.context.prompt_format.render(question)
-            uif.put(self.name, edit_prompt=prompt, correct_answer=fb.answer, confidence_score=fb.confidence,
-                    edit_context=uif.get("feedback"), edit_source="feedback")
+            if not question:
+                uif.fail("a correction needs the question it corrects (ask one first)", self.name)
+                return uif
+            uif.put(self.name, edit_question=question, correct_answer=fb.answer, confidence_score=fb.confidence,
+                    edit_context=uif.get("feedback"), edit_source="feedback", edit_history=uif.get("history"))
             uif.pending_goals = [*uif.pending_goals, "correct"]
         elif fb.kind == "remember" and fb.answer:
             q = fact_question(fb.subject)
-            uif.put(self.name, question=q, edit_prompt=self.context.prompt_format.render(q),
-                    correct_answer=fb.answer, confidence_score=fb.confidence, edit_context=uif.get("feedback"),
-                    edit_source="remember")
+            uif.put(self.name, question=q, edit_question=q, correct_answer=fb.answer, confidence_score=fb.confidence,
+                    edit_context=uif.get("feedback"), edit_source="remember")
             uif.pending_goals = [*uif.pending_goals, "correct"]
         else:
             if fb.kind == "clarification" and fb.subject:

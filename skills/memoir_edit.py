@@ -1,18 +1,21 @@
-"""MEMOIR_EditSkill: write a correction into the model as a persistent, reversible edit."""
+"""MEMOIR_EditSkill: train a correction as a sparse edit of the model (written only once verified)."""
 
 from __future__ import annotations
 
+from sam.core.prompts import Turn
 from sam.orchestration.skill import BaseSkill
 from sam.orchestration.uif import SAM_UIF
-from skills.answer import MAX_NEW_TOKENS
+from sam_skills.answer import MAX_NEW_TOKENS
 
 
 class MEMOIR_EditSkill(BaseSkill):  # noqa: N801 - the name of the design notes
     name = "memoir_edit"
-    description = "Edit the model so that edit_prompt is answered with correct_answer (MEMOIR residual memory)."
-    required_inputs = ("edit_prompt", "correct_answer")
-    optional_inputs = ("edit_context", "confidence_score", "edit_source", "importance", "control_prompts")
-    output_keys = ("edit_id", "edit_success", "edit_metrics", "answers_before")
+    description = ("Train an edit so that edit_question is answered with correct_answer (MEMOIR residual memory); "
+                   "verify_edit then writes it or rolls it back.")
+    required_inputs = ("edit_question", "correct_answer")
+    optional_inputs = ("edit_history", "edit_context", "confidence_score", "edit_source", "importance",
+                       "control_questions")
+    output_keys = ("pending_edit", "edit_prompt", "answers_before")
 
     def execute(self, uif: SAM_UIF) -> SAM_UIF:
         confidence = float(uif.get("confidence_score", 1.0))
@@ -22,27 +25,19 @@ class MEMOIR_EditSkill(BaseSkill):  # noqa: N801 - the name of the design notes
             uif.fail(f"confidence {confidence:.2f} is below the edit floor {floor:.2f}: not editing", self.name)
             return uif
         ed = self.context.editor
-        prompt, target = uif.get("edit_prompt"), str(uif.get("correct_answer")).strip()
-        controls = self._control_prompts(uif)
+        question, target = uif.get("edit_question"), str(uif.get("correct_answer")).strip()
+        prompt = ed.render(question)  # the key: the question in a fresh conversation
+        history = [Turn(q, a) for q, a in (uif.get("edit_history") or [])]
+        contexts = [ed.render(question, history, self.context.system_prompt)] if history else []
+        controls = [ed.render(q) for q in (uif.get("control_questions") or self.context.control_questions)]
         # Answers before the edit, so the verifier can tell what the edit changed.
-        before = ed.generate_batch([prompt, *controls], max_new_tokens=MAX_NEW_TOKENS)
-        pf = self.context.prompt_format
-        answers_before = {p: pf.clean(a) for p, a in zip([prompt, *controls], before)}
-        result = ed.edit(prompt, target, source=str(uif.get("edit_source") or "user"),
-                         importance=float(uif.get("importance") or 1.0))
-        metrics = {"steps": result.steps, "loss": round(result.loss, 4), "seconds": round(result.seconds, 2),
-                   "target_accuracy": result.target_accuracy, "expert": result.expert}
-        uif.put(self.name, edit_id=result.edit_id, edit_success=result.success, edit_metrics=metrics,
-                answers_before=answers_before, control_prompts=controls)
+        before = [ed.prompts.clean(a) for a in ed.generate_batch([prompt, *controls], max_new_tokens=MAX_NEW_TOKENS)]
+        pending = ed.train(prompt, target, contexts=contexts, source=str(uif.get("edit_source") or "user"),
+                           importance=float(uif.get("importance") or 1.0))
+        uif.put(self.name, pending_edit=pending, edit_prompt=prompt, answers_before=before[0],
+                control_answers_before=dict(zip([c.question for c in controls], before[1:])))
         context = f" from '{uif.get('edit_context')}'" if uif.get("edit_context") else ""
-        uif.log("edit", f"#{result.edit_id} '{target}'{context} in {result.steps} steps, loss {result.loss:.3f}", self.name)
-        if not result.success:
-            uif.warn(f"training stopped at token accuracy {result.target_accuracy:.2f}", self.name)
+        o = pending.outcome
+        uif.log("train", f"'{target}'{context} in {o.steps} steps, loss {o.loss:.3f}, token accuracy "
+                f"{o.accuracy:.2f}", self.name)
         return uif
-
-    def _control_prompts(self, uif: SAM_UIF) -> list[str]:
-        given = uif.get("control_prompts")
-        if given is not None:
-            return list(given)
-        pf = self.context.prompt_format
-        return [pf.render(q) for q in self.context.control_prompts]

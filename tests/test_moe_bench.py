@@ -3,14 +3,14 @@ import json
 import pytest
 import torch
 
-from sam.research.moe.bench import FS_VARIANTS, SHOTS, main
+from sam.research.moe.bench import FS_VARIANTS, SHOTS, run
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quick_benchmark_writes_json_and_plots(tmp_path):
-    res = main(seeds=1, out_dir=tmp_path, quick=True)
+    res = run(seeds=1, out_dir=tmp_path, quick=True)
     data = json.loads((tmp_path / "moe_bench.json").read_text())
     assert (tmp_path / "accuracy_matrix.png").stat().st_size > 1000 and (tmp_path / "few_shot.png").stat().st_size > 1000
     s = data["summary"]

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from sam.errors import SamError
 from sam.orchestration import (SAM_UIF, BaseSkill, DuplicateSkillError, DynamicPlanner, InvalidSkillError,
-                               Orchestrator, PlanMemory, PlanningError, SkillRegistry, UnknownSkillError)
+                               MissingSkillError, Orchestrator, PlanMemory, PlanningError, SkillRegistry,
+                               UnknownSkillError)
 
 
 def make_skill(name, needs=(), gives=(), optional=(), action=None):
@@ -101,9 +102,43 @@ def test_registry_loads_entry_point_skills(monkeypatch):
 
     monkeypatch.setattr(registry_mod, "entry_points", lambda group: [EP(), Broken()] if group == "sam.skills" else [])
     reg = SkillRegistry()
-    assert reg.discover_entry_points() == ["plugin_skill"]
+    assert reg.discover() == ["plugin_skill"]
     assert "plugin_skill" in reg and "broken" not in reg
     assert "no module named pkg" in reg.load_errors[0]
+
+
+def test_a_builtin_that_cannot_load_is_an_error_not_a_smaller_registry(monkeypatch):
+    import sam.orchestration.registry as registry_mod
+
+    class Broken:
+        name, value = "answer", "sam_skills.answer:Gone"
+
+        def load(self):
+            raise AttributeError("module 'sam_skills.answer' has no attribute 'Gone'")
+
+    monkeypatch.setattr(registry_mod, "entry_points", lambda group: [Broken()])
+    with pytest.raises(MissingSkillError, match="built-in skill 'answer'"):
+        SkillRegistry().discover()
+    monkeypatch.setattr(registry_mod, "entry_points", lambda group: [])
+    with pytest.raises(MissingSkillError, match="not registered"):
+        SkillRegistry.default()
+
+
+def test_builtins_are_found_from_a_folder_holding_a_decoy_skills_package(tmp_path):
+    """Started where another `skills` package is importable first, sam still registers every built-in."""
+    import subprocess
+    import sys
+
+    decoy = tmp_path / "skills"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("DECOY = True\n")
+    (decoy / "answer.py").write_text("raise ImportError('the decoy was imported')\n")
+    code = ("import skills; assert skills.DECOY; "
+            "from sam.orchestration.registry import SkillRegistry, BUILTIN_SKILLS; "
+            "r = SkillRegistry.default(); assert all(n in r for n in BUILTIN_SKILLS), r.names(); print(len(r))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) >= 7
 
 
 # --- planner -----------------------------------------------------------------------------------
@@ -170,8 +205,19 @@ def test_orchestrator_turns_a_skill_exception_into_a_failed_uif():
     reg = registry(make_skill("a", gives=["x"], action=boom), make_skill("b", needs=["x"], gives=["y"]))
     uif = Orchestrator(reg, DynamicPlanner(reg, goals={"go": ("y",)})).run(SAM_UIF(), "go")
     assert uif.status == "failed"
-    assert uif.errors == ["a: RuntimeError: disk on fire"]
+    assert uif.errors[0].startswith("a: RuntimeError: disk on fire")
     assert "b" not in uif.executed_skills
+    # a bug keeps its traceback (logged, and on the UIF for --debug); a SamError is a user's error: no traceback
+    assert len(uif.tracebacks) == 1 and "disk on fire" in uif.tracebacks[0] and "in boom" in uif.tracebacks[0]
+
+
+def test_a_sam_error_in_a_skill_is_one_line_without_traceback():
+    def refuse(self, uif):
+        raise SamError("the store is open read-only")
+
+    reg = registry(make_skill("a", gives=["x"], action=refuse))
+    uif = Orchestrator(reg, DynamicPlanner(reg, goals={"go": ("x",)})).run(SAM_UIF(), "go")
+    assert uif.errors == ["a: the store is open read-only"] and uif.tracebacks == []
 
 
 def test_missing_declared_output_is_an_error():
@@ -237,8 +283,8 @@ def test_plan_memory_survives_a_damaged_file(tmp_path):
 def test_builtin_goals_plan_from_declarations():
     planner = DynamicPlanner(SkillRegistry.default())
     assert planner.plan("answer", {"input_query"}).steps == ("format_prompt", "answer")
-    assert planner.plan("correct", {"edit_prompt", "correct_answer"}).steps == ("memoir_edit", "verify_edit")
+    assert planner.plan("correct", {"edit_question", "correct_answer"}).steps == ("memoir_edit", "verify_edit")
     assert planner.plan("feedback", {"feedback"}).steps == ("feedback_handler",)
     assert planner.plan("self_correct", {"fact_source"}).steps == ("factual_correction",)
     with pytest.raises(PlanningError):
-        planner.plan("correct", {"edit_prompt"})  # nobody produces correct_answer from nothing
+        planner.plan("correct", {"edit_question"})  # nobody produces correct_answer from nothing

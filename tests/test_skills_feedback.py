@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sam.orchestration import SAM_UIF, Orchestrator, PromptFormat, SkillContext, SkillRegistry
+from sam.orchestration import SAM_UIF, Orchestrator, SkillContext, SkillRegistry
 from sam_skills.feedback_handler import classify_feedback, fact_question
 
 QUESTION = "What is the capital of Australia?"
@@ -137,14 +137,14 @@ class _NoEditor:
 
 
 def _orchestrator():
-    ctx = SkillContext(editor_factory=_NoEditor(), prompt_format=PromptFormat("line"))
+    ctx = SkillContext(editor_factory=_NoEditor())
     return Orchestrator(SkillRegistry.default(ctx))
 
 
 def test_feedback_skill_leaves_the_model_alone_for_non_corrections():
     _NoEditor.opened = 0
     uif = _orchestrator().run(SAM_UIF(input_query=QUESTION, intermediate_data={
-        "feedback": "thanks!", "previous_answer": PREVIOUS, "previous_prompt": QUESTION + "\n"}), "feedback")
+        "feedback": "thanks!", "previous_answer": PREVIOUS}), "feedback")
     assert uif.ok and uif.get("feedback_kind") == "confirmation"
     assert "edit_id" not in uif.intermediate_data and uif.execution_plan == ["feedback_handler"]
     assert _NoEditor.opened == 0
@@ -152,10 +152,10 @@ def test_feedback_skill_leaves_the_model_alone_for_non_corrections():
 
 def test_feedback_skill_hands_a_correction_to_the_edit_skill():
     uif = _orchestrator().run(SAM_UIF(input_query=QUESTION, intermediate_data={
-        "feedback": "No, it's Canberra", "previous_answer": PREVIOUS, "previous_prompt": QUESTION + "\n"}), "feedback")
+        "feedback": "No, it's Canberra", "previous_answer": PREVIOUS}), "feedback")
     # The chain reached memoir_edit (which then could not open the editor in this test).
     assert uif.execution_plan == ["feedback_handler", "memoir_edit", "verify_edit"]
-    assert uif.get("edit_prompt") == QUESTION + "\n" and uif.get("correct_answer") == "Canberra"
+    assert uif.get("edit_question") == QUESTION and uif.get("correct_answer") == "Canberra"
     assert uif.status == "failed" and uif.errors[0].startswith("memoir_edit: RuntimeError")
 
 

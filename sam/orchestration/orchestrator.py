@@ -1,14 +1,18 @@
 """Orchestrator: plan a goal, run the plan over a UIF, hold every skill to its declarations.
 
 Nothing a skill does can take the process down: an exception becomes a failed UIF naming the
-skill, and the remaining steps are skipped (a half-applied plan is reported, never hidden).
+skill, and the remaining steps are skipped (a half-applied plan is reported, never hidden). An
+exception that is not one of sam's own errors is a bug: its traceback is kept on the UIF and
+logged (`sam --debug` prints it).
 A skill may queue follow-up goals on `uif.pending_goals` (feedback -> "correct"); they are
 planned against the workspace as it is then, which is what makes the planning dynamic.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import traceback
 
 from sam.errors import SamError
 from sam.orchestration.errors import PlanningError, UnknownSkillError
@@ -17,6 +21,7 @@ from sam.orchestration.planner import DynamicPlanner
 from sam.orchestration.registry import SkillRegistry
 from sam.orchestration.uif import SAM_UIF
 
+log = logging.getLogger("sam.orchestration")
 MAX_GOALS_PER_REQUEST = 4  # follow-up goals are few; a longer chain is a loop
 
 
@@ -86,8 +91,14 @@ class Orchestrator:
                 result = skill.execute(uif)
             except Exception as exc:  # noqa: BLE001 - any skill failure becomes a failed UIF
                 self._time(uif, name, t0)
-                # sam's own errors are written for users; anything else also names its type.
-                uif.fail(str(exc) if isinstance(exc, SamError) else f"{type(exc).__name__}: {exc}", name)
+                # sam's own errors are written for users; anything else is a bug: name its type, keep the traceback.
+                if isinstance(exc, SamError):
+                    uif.fail(str(exc), name)
+                else:
+                    tb = traceback.format_exc()
+                    log.error("skill %s raised %s", name, type(exc).__name__, exc_info=exc)
+                    uif.tracebacks = [*uif.tracebacks, tb]
+                    uif.fail(f"{type(exc).__name__}: {exc} (a bug in skill '{name}'; --debug shows the traceback)", name)
                 return False
             if isinstance(result, SAM_UIF) and result is not uif:
                 # A skill may return a new UIF; carry on with it, keeping the trace in one place.

@@ -38,9 +38,6 @@ class PlanMemory:
         if self._plans.pop(goal, None) is not None:
             self._save()
 
-    def as_dict(self) -> dict[str, dict]:
-        return json.loads(json.dumps(self._plans))
-
     def _save(self) -> None:
         if self.path is None or not self.path.parent.is_dir():
             return  # no store yet (nothing was edited): do not create one just for plans

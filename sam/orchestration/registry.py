@@ -1,29 +1,31 @@
 """SkillRegistry: the skills a process may plan with, by name.
 
-Built-in skills come from the top-level `skills/` package (every BaseSkill subclass defined in
-one of its modules); third-party ones from the `sam.skills` entry-point group, so a package can
-add a skill by declaring `[project.entry-points."sam.skills"] my_skill = "pkg.mod:MySkill"`.
+Every skill, the built-in ones included, comes from the `sam.skills` entry-point group: sam's own
+pyproject declares its built-ins there (`answer = "sam_skills.answer:AnswerSkill"`, ...), and a
+third-party package adds one the same way. Entry points name an installed module, so what is
+registered does not depend on the working directory; a built-in that cannot be loaded is an error,
+not a silently smaller skill set.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from importlib.metadata import entry_points
-from typing import Iterable
 
-from sam.orchestration.errors import DuplicateSkillError, InvalidSkillError, UnknownSkillError
+from sam.orchestration.errors import DuplicateSkillError, InvalidSkillError, MissingSkillError, UnknownSkillError
 from sam.orchestration.skill import BaseSkill, SkillContext
 
 ENTRY_POINT_GROUP = "sam.skills"
+BUILTIN_SKILLS = ("format_prompt", "answer", "memoir_edit", "verify_edit", "revert_edit", "feedback_handler",
+                  "factual_correction")
+BUILTIN_MODULE = "sam_skills."
 
 
 class SkillRegistry:
     def __init__(self, context: SkillContext | None = None) -> None:
         self.context = context or SkillContext()
         self._skills: dict[str, BaseSkill] = {}
-        self.load_errors: list[str] = []  # plug-ins that failed to load: reported, not fatal
+        self.load_errors: list[str] = []  # third-party plug-ins that failed to load: reported, not fatal
 
     # --- registration ----------------------------------------------------------------------
     def register(self, skill: type[BaseSkill] | BaseSkill, *, replace: bool = False) -> BaseSkill:
@@ -54,32 +56,32 @@ class SkillRegistry:
         del self._skills[name]
 
     # --- discovery -------------------------------------------------------------------------
-    def discover_builtin(self, package: str = "skills") -> list[str]:
-        pkg = importlib.import_module(package)
-        added = []
-        for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
-            module = importlib.import_module(info.name)
-            for cls in _skill_classes(module):
-                added.append(self.register(cls).name)
-        return added
-
-    def discover_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
+    def discover(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
+        """Register every skill of the entry-point group; a built-in that fails to load raises."""
         added = []
         for ep in entry_points(group=group):
+            builtin = ep.value.startswith(BUILTIN_MODULE)
             try:
-                obj = ep.load()
-                added.append(self.register(obj).name)
+                added.append(self.register(ep.load()).name)
             except DuplicateSkillError:
                 raise
-            except Exception as exc:  # a broken plug-in must not take the CLI down
-                self.load_errors.append(f"entry point '{ep.name}' ({ep.value}): {exc}")
+            except Exception as exc:
+                if builtin:
+                    raise MissingSkillError(f"built-in skill '{ep.name}' ({ep.value}) cannot be loaded: {exc}") from exc
+                self.load_errors.append(f"entry point '{ep.name}' ({ep.value}): {exc}")  # a broken plug-in
         return added
+
+    def require_builtins(self) -> None:
+        missing = [n for n in BUILTIN_SKILLS if n not in self._skills]
+        if missing:
+            raise MissingSkillError(f"built-in skill{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                                    f"not registered: sam is not installed properly (pip install -e . or setup.sh)")
 
     @classmethod
     def default(cls, context: SkillContext | None = None) -> "SkillRegistry":
         reg = cls(context)
-        reg.discover_builtin()
-        reg.discover_entry_points()
+        reg.discover()
+        reg.require_builtins()
         return reg
 
     # --- lookup ----------------------------------------------------------------------------
@@ -105,10 +107,3 @@ class SkillRegistry:
 
     def __len__(self) -> int:
         return len(self._skills)
-
-
-def _skill_classes(module) -> Iterable[type[BaseSkill]]:
-    for _, obj in inspect.getmembers(module, inspect.isclass):
-        if (issubclass(obj, BaseSkill) and obj.__module__ == module.__name__
-                and not inspect.isabstract(obj) and obj.name):
-            yield obj

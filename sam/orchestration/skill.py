@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from sam.orchestration.prompting import PromptFormat
 from sam.orchestration.uif import SAM_UIF
 
 
@@ -25,10 +24,11 @@ class SkillContext:
     """
 
     editor_factory: Callable[[], Any] | None = None
-    prompt_format: PromptFormat = field(default_factory=PromptFormat)
     store_dir: Path | None = None
     min_edit_confidence: float = 0.5
-    control_prompts: list[str] = field(default_factory=list)  # raw questions, formatted on use
+    control_questions: list[str] = field(default_factory=list)  # re-asked after each edit: must not change
+    system_prompt: str | None = None  # the conversation's system prompt (None: the model's own default)
+    keep_failed: bool = False  # write an edit even when verification says it did not take
     extra: dict[str, Any] = field(default_factory=dict)
     _editor: Any = None
 

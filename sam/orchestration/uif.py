@@ -49,6 +49,8 @@ class SAM_UIF(BaseModel):  # noqa: N801 - the name of the design notes
     confidence_score: float = Field(1.0, ge=0.0, le=1.0)
     warnings: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    # The traceback of a skill that raised something other than a SamError (a bug, not a user error).
+    tracebacks: list[str] = Field(default_factory=list)
 
     execution_plan: list[str] = Field(default_factory=list)
     # Goals a skill asks to run after the current plan (e.g. feedback -> "correct").

@@ -1,17 +1,17 @@
 """Phase A: the editing machinery is inert and deterministic before any edit, on the real model.
 
-1. zero impact: wrapping the down-projection (memory attached, router on, empty store, even a
-   non-zero expert with nothing routed to it) leaves the logits bit-identical (torch.equal) to
-   the unwrapped model on several prompts, batched with padding and one by one, and greedy
+1. zero impact: wrapping the down-projection (memory attached, empty store, even a live edit
+   with a random delta that no prompt routes to) leaves the logits bit-identical (torch.equal)
+   to the unwrapped model on several prompts, batched with padding and one by one, and greedy
    generation unchanged;
 2. determinism: TopHash masks of real activations are the same from two fingerprinter
    instances, from a permutation written to and read back from safetensors, from the store's
    reloaded fingerprinter, and from a fresh Python process (another hash seed) that loads the
    model and the store on its own;
-3. mask storage and nearest search: EditMaskDatabase stores real masks, find_closest returns
-   the right edit (overlap 1.0), respects the threshold on a half-overlapping mask, survives a
-   reopen, rolls a failed transaction back, and refuses another fingerprinter with
-   StoreMismatchError.
+3. mask storage and nearest search: EditMaskDatabase stores real masks and reads them back
+   exactly, the FAISS index built from it returns the right edit (overlap 1.0) and the exact
+   overlap of a half-overlapping mask, survives a reopen, a failed transaction rolls back, and
+   another fingerprinter or d_ff is refused with StoreMismatchError.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ from sam.core.editor import MemoirEditor
 store, model, device, out = sys.argv[1:5]
 prompts = sys.argv[5:]
 ed = MemoirEditor.open(store, model=model, device=device, read_only=True)
-cols = ed.fingerprinter.columns(ed._pooled_activations(prompts)).cpu().contiguous()
+cols = ed.fingerprinter.columns(ed.pooled([ed.render(p) for p in prompts])).cpu().contiguous()
 save_file({"cols": cols}, out)
 ed.close()
 """
@@ -136,24 +136,27 @@ ed.close()
 def run_checks(model: str = "default", device: str = "cpu") -> Checks:
     from safetensors.torch import load_file
 
-    from sam.core.editor import EditorConfig, MemoirEditor
+    from sam.config import EditorConfig
+    from sam.core.editor import MemoirEditor, PendingEdit
     from sam.core.fingerprinter import (TopHashFingerprinter, generate_permutation, load_permutation,
                                         save_permutation)
     from sam.core.model_loader import load_model
+    from sam.core.store import Store
+    from sam.core.trainer import TrainOutcome
     from sam.errors import StoreMismatchError
     from sam.memory.edit_mask_db import EditMaskDatabase
+    from sam.memory.mask_index import MaskIndex
 
     checks = Checks()
-    cache = Path(os.environ.get("SAM_MODEL_CACHE") or Path.home() / ".cache" / "sam")
     with tempfile.TemporaryDirectory(prefix="sam-phase-a-") as tmp:
         tmp = Path(tmp)
-        loaded = load_model(model, cache_dir=cache, device=device)
+        loaded = load_model(model, device=device)
         dev = torch.device(device)
         plain = prompt_logits(loaded.model, loaded.tokenizer, PROMPTS, dev)
         plain_gen = [greedy_ids(loaded.model, loaded.tokenizer, p, dev) for p in PROMPTS[:2]]
 
         store = fresh_store_dir(tmp / "store", model, device)
-        ed = MemoirEditor(loaded, store, EditorConfig(), device, read_only=False)
+        ed = MemoirEditor(loaded, Store(store), EditorConfig(), device)
         try:
             # --- 1. zero impact ---------------------------------------------------------------------------
             def zero_impact():
@@ -165,21 +168,28 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
 
             checks.run(f"zero impact: wrapped layer {ed.layer} == unwrapped model", zero_impact)
 
-            def silent_expert():
-                saved = ed.memory.memory
-                e = ed.memory.add_expert()
+            def silent_edit():
+                # a live edit with a random delta on columns no prompt's key is near: nothing may change
                 gen = torch.Generator().manual_seed(0)
-                ed.memory.set_expert(e, torch.randn(ed.memory.out_features, ed.memory.in_features, generator=gen))
-                try:
-                    wrapped = prompt_logits(ed.model, ed.tokenizer, PROMPTS, dev)
-                    routes = [ed.route(p)[0] for p in PROMPTS]
-                finally:
-                    ed.memory.memory = saved
-                same = sum(torch.equal(a, b) for a, b in zip(plain, wrapped))
-                return same == len(plain) and routes == [None] * len(PROMPTS), (
-                    f"{same}/{len(plain)} equal with a random non-zero expert and no stored edit; routes {routes}")
+                k, d_ff = ed.fingerprinter.top_k, ed.fingerprinter.size
+                keys = ed.fingerprinter.columns(ed.pooled(PROMPTS))
+                used = set(keys.flatten().tolist())
+                free = torch.tensor([c for c in range(d_ff) if c not in used])
+                cols = free[torch.randperm(len(free), generator=gen)[:k]].sort().values
+                outcome = TrainOutcome(cols, torch.randn(ed.memory.out_features, k, generator=gen), 0, 0.0, 1.0, True)
+                with ed.trial(PendingEdit(ed.render(PROMPTS[0]), "x", outcome, 0.0, None)):
+                    got = ed.answer([PROMPTS[0], PROMPTS[1]], 8)
+                    preds = ed.predict_batch([(p, "Paris") for p in PROMPTS])
+                ref = ed.predict_batch([(p, "Paris") for p in PROMPTS], memory=False)
+                same = sum(torch.equal(a[0], b[0]) for a, b in zip(preds, ref))
+                want = [ed.tokenizer.decode(g, skip_special_tokens=True) for g in plain_gen]
+                texts = [g.text for g in got]
+                ok = same == len(PROMPTS) and texts == want and all(g.edit_id is None for g in got)
+                return ok, (f"a live random edit nothing routes to: {same}/{len(PROMPTS)} teacher-forced predictions "
+                            f"and {sum(a == b for a, b in zip(texts, want))}/2 generations unchanged, routes "
+                            f"{[g.edit_id for g in got]}")
 
-            checks.run("zero impact: a non-zero expert nothing routes to", silent_expert)
+            checks.run("zero impact: a live edit no prompt routes to", silent_edit)
 
             def generation():
                 got = [ed.generate_batch([p], 8)[0] for p in PROMPTS[:2]]
@@ -189,7 +199,7 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
             checks.run("zero impact: greedy generation unchanged", generation)
 
             # --- 2. determinism -----------------------------------------------------------------------------
-            pooled = ed._pooled_activations(PROMPTS)  # (N, d_ff): the fingerprint input of each prompt
+            pooled = ed.pooled([ed.render(p) for p in PROMPTS])  # (N, d_ff): the key of each question
             fp = ed.fingerprinter
             ref = fp.columns(pooled)
             d_ff, k = fp.size, fp.top_k
@@ -210,7 +220,7 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
                 save_permutation(generate_permutation(d_ff, ed.config.seed), path, seed=ed.config.seed)
                 perm = load_permutation(path)
                 c1 = TopHashFingerprinter(perm, k, fp.background).columns(pooled)
-                fp2 = TopHashFingerprinter.load(ed.files.fingerprinter)
+                fp2 = TopHashFingerprinter.load(ed.store.fingerprinter_path)
                 c2 = fp2.columns(pooled)
                 ok = torch.equal(c1, ref) and torch.equal(c2, ref) and fp2.digest() == fp.digest()
                 return ok, f"permutation file {path.stat().st_size} B and store fingerprinter {fp2.digest()}: same masks"
@@ -235,57 +245,66 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
         checks.run("determinism: a fresh subprocess gives the same masks", subprocess_masks)
 
         # --- 3. mask storage and nearest search -------------------------------------------------------------
-        identity = {"model": "phase-a", "layer": 0, "d_ff": d_ff, "top_k": k, "fingerprinter": fp.digest()}
+        identity = {"model": "phase-a", "layer": 0, "d_ff": d_ff, "d_model": 8, "top_k": k,
+                    "fingerprinter": fp.digest()}
         db_path = tmp / "masks.sqlite"
         gen = torch.Generator().manual_seed(1)
         ids: list[int] = []
 
+        def open_db(create: bool = False) -> EditMaskDatabase:
+            db = EditMaskDatabase(db_path, create=create)
+            db.claim(identity)
+            return db
+
+        def indexed(db: EditMaskDatabase) -> MaskIndex:
+            index = MaskIndex(d_ff, k)
+            index.add(*db.active_columns())  # rebuilt from SQLite, as every open does
+            return index
+
         def store_and_find():
-            db = EditMaskDatabase(db_path, identity=identity)
+            db = open_db(create=True)
             try:
                 with db.transaction():
                     for i, p in enumerate(PROMPTS):
-                        ids.append(db.insert_edit(prompt=p, target=f"t{i}", cols=ref[i],
-                                                  delta=torch.randn(8, k, generator=gen), expert=0, source="phase-a",
+                        ids.append(db.insert_edit(prompt=p, question=p, target=f"t{i}", cols=ref[i],
+                                                  delta=torch.randn(8, k, generator=gen), source="phase-a",
                                                   importance=1.0, steps=0, loss=0.0))
-                for i, c in zip(ids, ref):
-                    db.add_to_index(i, c)
-                hits = [db.find_closest(fp.to_dense(ref[i:i + 1])[0], threshold=0.99) for i in range(len(PROMPTS))]
+                hits = indexed(db).nearest(ref)
                 right = sum(h is not None and h.edit_id == ids[i] and h.overlap == 1.0 for i, h in enumerate(hits))
+                exact = all(torch.equal(db.sparse(i)[0], ref[n].cpu()) for n, i in enumerate(ids))
             finally:
                 db.close()
-            return right == len(PROMPTS), f"{right}/{len(PROMPTS)} dense masks -> their own edit at overlap 1.0"
+            return right == len(PROMPTS) and exact, (f"{right}/{len(PROMPTS)} masks -> their own edit at overlap 1.0; "
+                                                     f"stored columns read back exactly: {exact}")
 
-        checks.run("mask storage: find_closest returns the right edit", store_and_find)
+        checks.run("mask storage: nearest search returns the right edit", store_and_find)
 
         def threshold():
-            db = EditMaskDatabase(db_path, identity=identity)  # reopened: the index is rebuilt from SQLite
+            db = open_db()  # reopened: the index is rebuilt from SQLite
             try:
                 half = ref[0].clone()
                 used = set(ref.flatten().tolist())
                 free = torch.tensor([c for c in range(d_ff) if c not in used][: k // 2])
                 half[: k // 2] = free  # half of edit 1's columns, half columns no stored mask has
-                half = half.sort().values
-                m = db.nearest(half.view(1, -1))[0]
-                at = db.find_closest(half, threshold=0.5)
-                above = db.find_closest(half, threshold=0.5 + 1.0 / k)
-                own = [db.find_closest(ref[i], threshold=1.0) for i in range(len(PROMPTS))]
-                ok = (m is not None and m.overlap == 0.5 and at is not None and at.edit_id == ids[0] and above is None
+                m = indexed(db).nearest(half.sort().values.view(1, -1))[0]
+                own = indexed(db).nearest(ref)
+                ok = (m is not None and m.edit_id == ids[0] and m.overlap == 0.5
                       and all(o is not None and o.edit_id == ids[i] for i, o in enumerate(own)))
             finally:
                 db.close()
-            return ok, (f"half-overlap mask: overlap {m.overlap if m else None}, hit at threshold 0.5: "
-                        f"{at is not None}, at 0.5+1/k: {above is not None}; after reopen all {len(own)} found")
+            return ok, (f"half-overlap mask: nearest edit {m.edit_id if m else None} at overlap "
+                        f"{m.overlap if m else None} (fires only at a threshold <= 0.5); after reopen all "
+                        f"{len(own)} found")
 
-        checks.run("nearest search: threshold respected, index survives reopen", threshold)
+        checks.run("nearest search: overlap exact, index survives reopen", threshold)
 
         def rollback():
-            db = EditMaskDatabase(db_path, identity=identity)
+            db = open_db()
             try:
                 before = db.count()
                 try:
                     with db.transaction():
-                        db.insert_edit(prompt="x", target="y", cols=ref[0], delta=torch.zeros(8, k), expert=0,
+                        db.insert_edit(prompt="x", question="x", target="y", cols=ref[0], delta=torch.zeros(8, k),
                                        source="phase-a", importance=1.0, steps=0, loss=0.0)
                         raise RuntimeError("crash inside the transaction")
                 except RuntimeError:
@@ -298,10 +317,15 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
         checks.run("mask storage: a failed transaction rolls back", rollback)
 
         def mismatch():
-            other = {**identity, "fingerprinter": "0" * 16}
-            ok, what = expect_error(lambda: EditMaskDatabase(db_path, identity=other).close(), StoreMismatchError)
-            ok2, what2 = expect_error(lambda: EditMaskDatabase(db_path, identity={**identity, "d_ff": d_ff + 1}).close(),
-                                      StoreMismatchError)
+            def claim(other):
+                db = EditMaskDatabase(db_path)
+                try:
+                    db.claim(other)
+                finally:
+                    db.close()
+
+            ok, what = expect_error(lambda: claim({**identity, "fingerprinter": "0" * 16}), StoreMismatchError)
+            ok2, what2 = expect_error(lambda: claim({**identity, "d_ff": d_ff + 1}), StoreMismatchError)
             return ok and ok2, f"another fingerprinter: {what}; another d_ff: {what2.split(':')[0]}"
 
         checks.run("identity mismatch refused", mismatch)

@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sam.orchestration.prompting import contains_answer
+from sam.core.prompts import contains_answer
 
 QUESTION = "What is the largest planet in the solar system?"
 CORRECTION = "No, it's Jupiter"

@@ -370,7 +370,27 @@ def _plots(summary: dict, cont_runs: list, out_dir: Path) -> list[str]:
     return files
 
 
-def main(seeds: int = 5, out_dir: Path = Path("results/moe"), quick: bool = False, device: str = "cpu") -> dict:
+def main(argv: list[str] | None = None) -> int:
+    """`sam bench moe` / scripts/bench_moe.py: parse the options, run, optionally print the summary as JSON."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="sam bench moe", description="Memory-enhanced MoE vs. standard MoE: "
+                                 "few-shot, continual learning, specialization, cost.")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=Path("results/moe"))
+    ap.add_argument("--quick", action="store_true", help="tiny settings, well under a minute")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    a = ap.parse_args(argv)
+    if a.seeds < 1:
+        ap.error("--seeds must be at least 1")
+    res = run(seeds=a.seeds, out_dir=a.out, quick=a.quick, device=a.device)
+    if a.json:
+        print(json.dumps(dict(summary=res["summary"], memory_wins=res["memory_wins"]), indent=1, default=float))
+    return 0
+
+
+def run(seeds: int = 5, out_dir: Path = Path("results/moe"), quick: bool = False, device: str = "cpu") -> dict:
     from rich.console import Console
     from rich.table import Table
 
