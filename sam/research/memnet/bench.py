@@ -1,0 +1,466 @@
+"""`sam bench memnet`: MemNet against a same-window Transformer and an LSTM of equal parameter count.
+
+    1. long-term recall    accuracy vs distance (chunks of `window` tokens), at the trained length and 4x longer;
+                           MemNet with its memory wiped every chunk as the ablation; slot reuse, read sparsity
+    2. continual learning  5 tasks in sequence (new keys, new facts); GEM accuracy matrix, ACC and BWT of retention
+                           (queries only) and in-context recall, for sequential (fine-tune) and joint training
+    3. learned forgetting  write gate by token kind, read entropy, slot lifetimes, decay over training (MemNet)
+
+Each (experiment, model, seed) is one job. On CUDA the jobs run as parallel processes on the one GPU; with
+--time-budget they first time a few steps together and pick the step counts that fit (the same steps for every
+model of an experiment), else the preset's steps are used. Writes memnet_bench.json, memnet_jobs.jsonl and PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .experiments import (KINDS, MODELS, ContinualSettings, ModelSize, RecallSettings, continual_job, model_specs,
+                          recall_job)
+from .tasks import ContinualTask, RecallTask
+
+CALIB_STEPS = 12  # steps timed (after 4 warm-up steps) to size a --time-budget run
+
+
+def presets(smoke: bool) -> tuple[RecallSettings, ContinualSettings]:
+    if smoke:  # CI: tiny everything, seconds on one CPU thread
+        size = ModelSize(d_model=16, n_layer=1, n_head=2, bottleneck_dim=4, n_slots=8, slot_dim=8, n_read_heads=2,
+                         n_write_heads=1, top_k=2)
+        rec = RecallSettings(task=RecallTask(n_filler=4, n_keys=4, n_values=4, window=8, n_chunks=2, n_pairs=2),
+                             size=size, batch=4, steps=3, lr=2e-3, eval_batches=1, eval_batch=8, long_chunks=4,
+                             probes=2, probe_batch=2, probe_episodes=2)
+        con = ContinualSettings(task=ContinualTask(n_tasks=2, keys_per_task=3, n_values=4, n_filler=4, window=8,
+                                                   n_chunks=2, n_pairs=1, n_queries=2),
+                                size=size, batch=4, steps_per_task=2, lr=2e-3, eval_batches=1)
+        return rec, con
+    return RecallSettings(), ContinualSettings()
+
+
+# ---------------------------------------------------------------------- jobs
+def _run(job: dict, device: str) -> dict:
+    if job["experiment"] == "recall":
+        return recall_job(job["model"], job["seed"], job["settings"], device)
+    return continual_job(job["model"], job["seed"], job["settings"], device, job["mode"])
+
+
+def _calibrate(job: dict, device: str) -> float:
+    """Seconds per training step of this job's model and batch (a throw-away model; the job rebuilds its own)."""
+    from .experiments import build
+    from .train import autocast, make_optimizer
+
+    S = job["settings"]
+    task = S.task
+    spec = model_specs(task.vocab_size, task.window, S.size)
+    model = build(job["model"], spec, 0, device)
+    opt = make_optimizer(model, 1e-4)
+    g = torch.Generator().manual_seed(0)
+    t0 = None
+    for i in range(4 + CALIB_STEPS):
+        if i == 4:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        if job["experiment"] == "recall":
+            idx, targets, _, _ = task.batch(S.batch, g)
+        else:
+            idx, targets, _ = task.batch(torch.zeros(S.batch, dtype=torch.long), task.mapping(0), g)
+        with autocast(device):
+            out = model(idx.to(device), targets=targets.to(device))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / CALIB_STEPS
+
+
+def _worker(job, device, budget, q, barrier, steps, go):
+    torch.set_num_threads(1)
+    try:
+        if budget:
+            barrier.wait(timeout=300)
+            q.put(("calib", job["id"], _calibrate(job, device)))
+            go.wait(timeout=600)
+            S = job["settings"]
+            job["settings"] = replace(S, steps=steps[0]) if job["experiment"] == "recall" else \
+                replace(S, steps_per_task=steps[1])
+        q.put(("done", job["id"], _run(job, device)))
+    except Exception:  # noqa: BLE001 - reported to the parent, which fails the run
+        q.put(("error", job["id"], traceback.format_exc()))
+
+
+def _fit_steps(calib: dict, jobs: list, budget: float, rec: RecallSettings, con: ContinualSettings) -> tuple[int, int]:
+    """Largest step counts (capped at the presets) such that the slowest job of each experiment fits the budget.
+    Recall jobs also spend ~10% on probes and evaluation; a continual job trains 2 x n_tasks x steps_per_task
+    (sequential, then joint, in separate jobs that run at the same time) plus its evaluations."""
+    t_rec = max((calib[j["id"]] for j in jobs if j["experiment"] == "recall"), default=0.0)
+    t_con = max((calib[j["id"]] for j in jobs if j["experiment"] == "continual"), default=0.0)
+    s1 = rec.steps if not t_rec else max(50, min(rec.steps, int(0.85 * budget / t_rec)))
+    s2 = con.steps_per_task if not t_con else \
+        max(20, min(con.steps_per_task, int(0.85 * budget / (con.task.n_tasks * t_con))))
+    return s1, s2
+
+
+def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out_dir: Path, console) -> tuple[list, dict]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    results, info = [], {}
+    jsonl = out_dir / "memnet_jobs.jsonl"
+    jsonl.write_text("")
+
+    def record(res):
+        results.append(res)
+        with jsonl.open("a") as f:
+            f.write(json.dumps(res, default=float) + "\n")
+
+    cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} jobs"),
+            TimeElapsedColumn())
+    with Progress(*cols, console=console, transient=False) as prog:
+        bar = prog.add_task("memnet bench", total=len(jobs))
+        if workers <= 1 and not budget:
+            for job in jobs:
+                prog.update(bar, description=f"{job['experiment']} {job['model']} seed {job['seed']}")
+                record(_run(job, device))
+                prog.advance(bar)
+            return results, info
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        barrier = ctx.Barrier(len(jobs)) if budget else None
+        steps = ctx.Array("i", 2)
+        go = ctx.Event()
+        procs = [ctx.Process(target=_worker, args=(j, device, budget, q, barrier, steps, go), daemon=True) for j in jobs]
+        for p in procs:
+            p.start()
+        try:
+            if budget:
+                prog.update(bar, description="timing a few steps of every job together")
+                calib = {}
+                while len(calib) < len(jobs):
+                    kind, jid, val = q.get(timeout=900)
+                    if kind == "error":
+                        raise RuntimeError(f"job {jid} failed:\n{val}")
+                    calib[jid] = val
+                rec = next((j["settings"] for j in jobs if j["experiment"] == "recall"), None)
+                con = next((j["settings"] for j in jobs if j["experiment"] == "continual"), None)
+                s1, s2 = _fit_steps(calib, jobs, budget, rec or RecallSettings(), con or ContinualSettings())
+                steps[0], steps[1] = s1, s2
+                info = dict(calibration_s_per_step={str(k): v for k, v in calib.items()}, recall_steps=s1,
+                            steps_per_task=s2, budget_s=budget)
+                console.log(f"concurrent step times (ms): " + ", ".join(
+                    f"{j['experiment'][:3]}/{j['model']}/{j['seed']}{'/' + j['mode'][:3] if 'mode' in j else ''}="
+                    f"{1e3 * calib[j['id']]:.0f}" for j in jobs) + f" -> recall steps {s1}, steps per task {s2}")
+                go.set()
+            prog.update(bar, description="training")
+            done = 0
+            while done < len(jobs):
+                kind, jid, val = q.get(timeout=3600)
+                if kind == "error":
+                    raise RuntimeError(f"job {jid} failed:\n{val}")
+                record(val)
+                done += 1
+                prog.advance(bar)
+                prog.update(bar, description=f"done: {val['experiment']} {val['model']} seed {val['seed']} "
+                                             f"({val['train_s']:.0f}s)")
+        finally:
+            for p in procs:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.terminate()
+    return results, info
+
+
+# ---------------------------------------------------------------------- aggregation
+def ms(values) -> dict:
+    a = np.asarray(values, dtype=float)
+    return dict(mean=float(np.nanmean(a)), std=float(np.nanstd(a)), values=a.tolist())
+
+
+def _acc_block(runs: list, key: str) -> dict:
+    A = np.array([r[key]["acc"] for r in runs])
+    return dict(bins=runs[0][key]["bins"], acc_mean=A.mean(0).tolist(), acc_std=A.std(0).tolist(),
+                n=runs[0][key]["n"], overall=ms([r[key]["overall"] for r in runs]))
+
+
+def verdict(mem: dict, base: dict) -> str:
+    """'better' / 'worse' when the means differ by more than the two stds together, else 'no clear difference'."""
+    d = mem["mean"] - base["mean"]
+    margin = mem["std"] + base["std"]
+    return "better" if d > margin else "worse" if d < -margin else "no clear difference"
+
+
+def aggregate(results: list, rec: RecallSettings, con: ContinualSettings) -> dict:
+    out = {}
+    R = [r for r in results if r["experiment"] == "recall"]
+    if R:
+        models = {}
+        for name in MODELS:
+            runs = sorted([r for r in R if r["model"] == name], key=lambda r: r["seed"])
+            if not runs:
+                continue
+            models[name] = dict(params=runs[0]["params"], steps=runs[0]["steps"],
+                                train_s=ms([r["train_s"] for r in runs]), seeds=[r["seed"] for r in runs],
+                                eval=_acc_block(runs, "eval"), eval_long=_acc_block(runs, "eval_long"))
+        mem = sorted([r for r in R if r["model"] == "memnet"], key=lambda r: r["seed"])
+        if mem:
+            models["memnet_wiped"] = dict(params=mem[0]["params"], steps=mem[0]["steps"],
+                                          eval=_acc_block(mem, "eval_wiped"), eval_long=_acc_block(mem, "eval_long_wiped"))
+            fp = [r["final_probe"] for r in mem]
+            diag = {k: ms([p[k] for p in fp]) for k in ("read_hit", "effective_slots", "effective_slots_query",
+                                                       "read_entropy", "read_entropy_query", "writes_per_used_slot",
+                                                       "slots_used", "rmst", "write_rate", "decay_mean", "acc")}
+            diag["gate_by_kind"] = {KINDS[k]: ms([p["gate_by_kind"][k] for p in fp]) for k in range(len(KINDS))}
+            diag["decay_by_owner"] = {KINDS[k]: ms([p["decay_by_owner"][k] for p in fp]) for k in range(len(KINDS))}
+            out["memory_diagnostics"] = diag
+            out["heatmap"] = fp[0]["heatmap"]
+            n_probe = min(len(r["probes"]) for r in mem)
+            if n_probe:
+                P = [r["probes"][:n_probe] for r in mem]
+                f = dict(steps=[p["step"] for p in P[0]], kinds=list(KINDS), horizon=rec.task.n_chunks)
+                G = np.array([[p["gate_by_kind"] for p in run] for run in P])  # (seeds, probes, kinds)
+                f["gate_by_kind_mean"], f["gate_by_kind_std"] = np.nanmean(G, 0).tolist(), np.nanstd(G, 0).tolist()
+                for key in ("read_entropy", "read_entropy_query", "rmst", "decay_mean", "read_hit", "write_rate",
+                            "effective_slots_query", "writes_per_used_slot", "slots_used", "acc"):
+                    A = np.array([[p[key] for p in run] for run in P])
+                    f[key + "_mean"], f[key + "_std"] = A.mean(0).tolist(), A.std(0).tolist()
+                D = np.array([[p["decay_by_owner"] for p in run] for run in P])
+                with np.errstate(all="ignore"):
+                    f["decay_by_owner_mean"] = np.nanmean(D, 0).tolist()
+                f["survival_by_probe"] = [dict(mean=np.mean([run[i]["survival"] for run in P], 0).tolist(),
+                                               std=np.std([run[i]["survival"] for run in P], 0).tolist())
+                                          for i in range(n_probe)]
+                out["forgetting"] = f
+        out["recall"] = dict(window=rec.task.window, chunks=rec.task.n_chunks, long_chunks=rec.long_chunks,
+                             n_values=rec.task.n_values, models=models)
+        if "memnet" in models:
+            beyond = {}
+            for name in ("transformer", "lstm", "memnet_wiped"):
+                if name not in models:
+                    continue
+                beyond[name] = {}
+                for key in ("eval", "eval_long"):
+                    rows = []
+                    for j, b in enumerate(models["memnet"][key]["bins"]):
+                        m = dict(mean=models["memnet"][key]["acc_mean"][j], std=models["memnet"][key]["acc_std"][j])
+                        o = dict(mean=models[name][key]["acc_mean"][j], std=models[name][key]["acc_std"][j])
+                        rows.append(dict(bin=b, memnet=m["mean"], other=o["mean"], verdict=verdict(m, o)))
+                    beyond[name][key] = rows
+            out["recall_verdicts"] = beyond
+    C = [r for r in results if r["experiment"] == "continual"]
+    if C:
+        models = {}
+        for name in MODELS:
+            models[name] = {}
+            for mode in ("sequential", "joint"):
+                runs = sorted([r for r in C if r["model"] == name and r["mode"] == mode], key=lambda r: r["seed"])
+                if not runs:
+                    continue
+                blk = dict(params=runs[0]["params"], steps=runs[0]["steps"], train_s=ms([r["train_s"] for r in runs]))
+                for key in ("retention", "in_context", "retention_reset"):
+                    if key not in runs[0]:
+                        continue
+                    b = dict(R_mean=np.mean([r[key]["R"] for r in runs], 0).tolist(), acc=ms([r[key]["acc"] for r in runs]))
+                    if mode == "sequential":
+                        b["bwt"] = ms([r[key]["bwt"] for r in runs])
+                    blk[key] = b
+                models[name][mode] = blk
+        verd = {}
+        if models.get("memnet", {}).get("sequential"):
+            m = models["memnet"]["sequential"]
+            for name in ("transformer", "lstm"):
+                o = models.get(name, {}).get("sequential")
+                if o:
+                    verd[name] = {f"{k}_{met}": verdict(m[k][met], o[k][met]) for k in ("retention", "in_context")
+                                  for met in ("acc", "bwt")}
+        out["continual"] = dict(n_tasks=con.task.n_tasks, models=models, verdicts=verd)
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def _f(d: dict, pct: bool = True) -> str:
+    s = 100.0 if pct else 1.0
+    return f"{d['mean'] * s:.1f} ± {d['std'] * s:.1f}"
+
+
+def print_tables(summary: dict, console, seeds: int) -> None:
+    from rich.table import Table
+
+    from .plots import LABELS
+
+    if "recall" in summary:
+        rec = summary["recall"]
+        W = rec["window"]
+        t = Table(title="Models (parameters matched to MemNet; same data, steps, batch, optimiser)")
+        for c in ("model", "parameters", "steps (recall)", "train s / run (recall)"):
+            t.add_column(c, justify="right")
+        for name in ("memnet", "transformer", "lstm"):
+            r = rec["models"].get(name)
+            if r:
+                t.add_row(LABELS[name], f"{r['params']:,}", str(r["steps"]), _f(r["train_s"], False))
+        console.print(t)
+        for key, title in (("eval", f"trained length, {rec['chunks']} chunks of W={W}"),
+                           ("eval_long", f"{rec['long_chunks']} chunks (longer than trained)")):
+            bins = rec["models"]["memnet"][key]["bins"]
+            t = Table(title=f"Experiment 1: recall accuracy % by distance ({title}), {seeds} seeds, mean ± std")
+            t.add_column("model")
+            for b in bins:
+                t.add_column(f"{b[0]}-{b[1] - 1} tok", justify="right")
+            t.add_column("all", justify="right")
+            for name in ("memnet", "transformer", "lstm", "memnet_wiped"):
+                r = rec["models"].get(name)
+                if r:
+                    t.add_row(LABELS[name], *[f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in
+                                              zip(r[key]["acc_mean"], r[key]["acc_std"])], _f(r[key]["overall"]))
+            t.add_row("chance", *[f"{100 / rec['n_values']:.1f}"] * (len(bins) + 1))
+            console.print(t)
+        d = summary.get("memory_diagnostics")
+        if d:
+            t = Table(title="Experiment 1: MemNet memory use after training (probe: 4 episodes through one memory)")
+            t.add_column("measure")
+            t.add_column("value", justify="right")
+            t.add_row("queries whose read hits the slot its pair wrote (any head, top slot) %", _f(d["read_hit"]))
+            t.add_row("read sparsity: effective slots per read at query keys (k max)", _f(d["effective_slots_query"], False))
+            t.add_row("read entropy / log k, all reads", _f(d["read_entropy"], False))
+            t.add_row("slot reuse: write events per written slot per episode", _f(d["writes_per_used_slot"], False))
+            t.add_row("slots written at least once %", _f(d["slots_used"]))
+            t.add_row("tokens with write gate >= 0.5 %", _f(d["write_rate"]))
+            for k, v in d["gate_by_kind"].items():
+                t.add_row(f"  mean write gate at {k} tokens", _f(v, False))
+            t.add_row("restricted mean slot lifetime (chunks)", _f(d["rmst"], False))
+            t.add_row("mean decay gate per chunk", _f(d["decay_mean"], False))
+            for k, v in d["decay_by_owner"].items():
+                if not math.isnan(v["mean"]):
+                    t.add_row(f"  decay after a write by a {k} token", _f(v, False))
+            console.print(t)
+    if "continual" in summary:
+        cl = summary["continual"]
+        t = Table(title=f"Experiment 2: continual learning, {cl['n_tasks']} tasks in sequence (GEM ACC / BWT, %), "
+                        f"{seeds} seeds")
+        for c in ("model", "training", "retention ACC", "retention BWT", "in-context ACC", "in-context BWT",
+                  "retention ACC, state reset at test"):
+            t.add_column(c, justify="right")
+        for name in ("memnet", "transformer", "lstm"):
+            for mode in ("sequential", "joint"):
+                b = cl["models"].get(name, {}).get(mode)
+                if not b:
+                    continue
+                lab = "sequential (fine-tune)" if mode == "sequential" else "joint (upper bound)"
+                t.add_row(LABELS[name], lab, _f(b["retention"]["acc"]),
+                          _f(b["retention"]["bwt"]) if "bwt" in b["retention"] else "-",
+                          _f(b["in_context"]["acc"]), _f(b["in_context"]["bwt"]) if "bwt" in b["in_context"] else "-",
+                          _f(b["retention_reset"]["acc"]) if "retention_reset" in b else "-")
+        console.print(t)
+    f = summary.get("forgetting")
+    if f:
+        t = Table(title="Experiment 3: learned forgetting over MemNet training (mean over seeds)")
+        cols = ["step"] + [f"gate: {k}" for k in f["kinds"]] + ["read ent.", "lifetime", "decay", "read hit %", "acc %"]
+        for c in cols:
+            t.add_column(c, justify="right")
+        for i, s in enumerate(f["steps"]):
+            t.add_row(str(s), *[f"{g:.2f}" for g in f["gate_by_kind_mean"][i]], f"{f['read_entropy_mean'][i]:.2f}",
+                      f"{f['rmst_mean'][i]:.2f}", f"{f['decay_mean_mean'][i]:.3f}", f"{100 * f['read_hit_mean'][i]:.1f}",
+                      f"{100 * f['acc_mean'][i]:.1f}")
+        console.print(t)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="sam bench memnet", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny configuration for CI (seconds on one CPU thread)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("results/memnet"))
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=None, help="parallel job processes (default: 1 on CPU, all on CUDA)")
+    p.add_argument("--experiments", default="recall,continual", help="comma list of recall, continual")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--steps", type=int, default=None, help="recall training steps (overrides the preset)")
+    p.add_argument("--steps-per-task", type=int, default=None, help="continual steps per task (overrides the preset)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of training per job: time a few steps of all jobs together and shrink the step "
+                        "counts (same for every model) to fit")
+    a = p.parse_args(argv)
+    from rich.console import Console
+
+    console = Console(width=160) if not Console().is_terminal else Console()
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if a.seeds < 1:
+        p.error("--seeds must be >= 1")
+    rec, con = presets(a.smoke)
+    if a.steps:
+        rec = replace(rec, steps=a.steps)
+    if a.steps_per_task:
+        con = replace(con, steps_per_task=a.steps_per_task)
+    if a.batch:
+        rec, con = replace(rec, batch=a.batch), replace(con, batch=a.batch)
+    exps = [e.strip() for e in a.experiments.split(",") if e.strip()]
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    bad = [e for e in exps if e not in ("recall", "continual")] + [m for m in models if m not in MODELS]
+    if bad:
+        p.error(f"unknown experiments/models: {bad}")
+    jobs = []
+    for seed in range(a.seeds):
+        for name in models:
+            if "recall" in exps:
+                jobs.append(dict(experiment="recall", model=name, seed=seed, settings=rec))
+            if "continual" in exps:
+                for mode in ("sequential", "joint"):
+                    jobs.append(dict(experiment="continual", model=name, seed=seed, mode=mode, settings=con))
+    # longest first, so a pool with fewer workers than jobs does not end on a long tail
+    jobs.sort(key=lambda j: (j["model"] != "memnet", j["experiment"] != "recall"))
+    for i, j in enumerate(jobs):
+        j["id"] = i
+    workers = a.workers or (1 if device == "cpu" else len(jobs))
+    if a.time_budget and workers < len(jobs):
+        p.error("--time-budget runs every job at once: use --workers >= the number of jobs")
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    specs = {e: model_specs(s.task.vocab_size, s.task.window, s.size) for e, s in (("recall", rec), ("continual", con))
+             if e in exps}
+    console.log("parameters: " + "; ".join(f"{e}: " + ", ".join(f"{m} {v['params']:,}" for m, v in s.items())
+                                           for e, s in specs.items()) + f"  | device {device}, {len(jobs)} jobs")
+    try:
+        results, info = run_jobs(jobs, device, workers, a.time_budget, out_dir, console)
+    finally:
+        torch.set_num_threads(n_threads)
+    if info:
+        rec, con = replace(rec, steps=info["recall_steps"]), replace(con, steps_per_task=info["steps_per_task"])
+    summary = aggregate(results, rec, con)
+    result = dict(command="sam bench memnet " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+                  device=device, gpu=torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                  torch=torch.__version__, seeds=a.seeds, smoke=a.smoke,
+                  settings=dict(recall=asdict(rec), continual=asdict(con)), model_specs=specs, scheduling=info,
+                  summary=summary, wall_s=time.perf_counter() - t0)
+    from . import plots
+
+    files = []
+    if "recall" in summary:
+        files += [plots.recall_plot(summary, out_dir)]
+        if "forgetting" in summary:
+            files += [plots.forgetting_plot(summary, out_dir), plots.survival_plot(summary, out_dir),
+                      plots.heatmap_plot(summary["heatmap"], out_dir)]
+    if "continual" in summary:
+        files.append(plots.continual_plot(summary, out_dir))
+    result["plots"] = files
+    (out_dir / "memnet_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    print_tables(summary, console, a.seeds)
+    console.print(f"wall {result['wall_s']:.0f}s -> {out_dir / 'memnet_bench.json'}, {', '.join(files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
