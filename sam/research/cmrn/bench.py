@@ -163,6 +163,11 @@ def routing_report(model: CMRN, A, B, tc, batches, device) -> dict:
 
 
 # ---------------------------------------------------------------------- cost
+def _stream(cm: CMRN, ids: torch.Tensor, chunk: int) -> None:
+    for s in range(0, ids.shape[1], chunk):  # outputs are dropped: only the model's state and memory persist
+        cm(ids[:, s : s + chunk], update_memory=True)
+
+
 @torch.no_grad()
 def cost_curve(cmrn_cfg: CMRNConfig, tf_like, lengths, reps: int, chunk: int, device) -> list[dict]:
     rows = []
@@ -174,7 +179,7 @@ def cost_curve(cmrn_cfg: CMRNConfig, tf_like, lengths, reps: int, chunk: int, de
         runs = dict(
             transformer=lambda: tf(ids),
             cmrn_no_memory=lambda: cm(ids, use_memory=False),
-            cmrn_stream_memory=lambda: [cm(ids[:, s : s + chunk], update_memory=True) for s in range(0, L, chunk)],
+            cmrn_stream_memory=lambda: _stream(cm, ids, chunk),
         )
         for name, fn in runs.items():
             try:
@@ -205,7 +210,8 @@ def cost_curve(cmrn_cfg: CMRNConfig, tf_like, lengths, reps: int, chunk: int, de
 
 
 # ---------------------------------------------------------------------- one seed
-def run_seed(seed: int, S: dict, A, B, cmrn_cfg: CMRNConfig, tf_cfg, device, progress, task) -> dict:
+def run_seed(seed: int, S: dict, A, B, cmrn_cfg: CMRNConfig, tf_cfg, device, progress, task, domain: bool = True
+             ) -> dict:
     tr = S["train"]
     tc = TrainingConfig(**tr, seed=seed)
     tcB = TrainingConfig(**{**tr, "fact_rate": 0.0}, seed=seed + 100)
@@ -239,6 +245,8 @@ def run_seed(seed: int, S: dict, A, B, cmrn_cfg: CMRNConfig, tf_cfg, device, pro
             transformer=recall_transformer(tf, docs, device))
         progress.advance(task, 1)
     res["recall"] = rec
+    if not domain:
+        return res
 
     # --- adding a domain (B = Python stdlib)
     evalAB = {"A": A.val, "B": B.val}
@@ -318,19 +326,35 @@ def _mixed_sampler(a, b, tc, device):
 
 
 # ---------------------------------------------------------------------- summary, tables, plots
-def summarise(seeds: list[dict], cost: list[dict], S: dict) -> dict:
+def _loss_at_wall(curve: dict, wall: float) -> float | None:
+    """Held-out loss interpolated at a training wall time (None past the end of the curve)."""
+    if not curve["wall_s"] or wall > curve["wall_s"][-1]:
+        return None
+    return float(np.interp(wall, [0.0] + curve["wall_s"], [curve["loss"][0]] + curve["loss"]))
+
+
+def summarise(all_seeds: list[dict], cost: list[dict] | None, S: dict) -> dict:
+    seeds = all_seeds
     g = lambda f: ms([f(r) for r in seeds])  # noqa: E731
-    out = dict(ppl={}, recall={}, domain={}, routing={})
+    out = dict(ppl={}, recall={}, domain={}, routing={}, n_seeds=dict(ppl=len(all_seeds), recall=len(all_seeds)))
     for k in ("cmrn_loss", "transformer_loss", "cmrn_loss_no_memory", "cmrn_tokens_per_s", "transformer_tokens_per_s",
               "cmrn_train_s", "transformer_train_s"):
         out["ppl"][k] = g(lambda r: r["ppl"][k])
     for k in ("cmrn_loss", "transformer_loss", "cmrn_loss_no_memory"):
         out["ppl"][k.replace("loss", "bpb")] = g(lambda r: r["ppl"][k] / LN2)
         out["ppl"][k.replace("loss", "ppl")] = g(lambda r: math.exp(r["ppl"][k]))
+    # compute-matched view: CMRN's held-out loss after as much training wall time as the whole Transformer run took
+    out["ppl"]["cmrn_loss_at_transformer_wall"] = g(
+        lambda r: _loss_at_wall(r["ppl"]["curves"]["cmrn"], r["ppl"]["curves"]["transformer"]["wall_s"][-1]))
     for d in S["recall_distances"]:
         out["recall"][str(d)] = {m: dict(exact=g(lambda r: r["recall"][str(d)][m][0]),
                                          digit=g(lambda r: r["recall"][str(d)][m][1]))
                                  for m in ("cmrn_memory", "cmrn_no_memory", "transformer")}
+    seeds = [r for r in all_seeds if "domain" in r]
+    out["n_seeds"]["domain"] = out["n_seeds"]["routing"] = len(seeds)
+    if not seeds:
+        out["cost"] = cost
+        return out
     for v in ("A_only", "retrain_AB", "add_expert", "finetune_all", "transformer_finetune_B"):
         out["domain"][v] = {k: g(lambda r: r["domain"][v].get(k)) for k in ("A", "B", "wall_s")}
     out["domain"]["transformer_A"] = g(lambda r: r["domain"]["transformer_A"]["A"])
@@ -338,6 +362,14 @@ def summarise(seeds: list[dict], cost: list[dict], S: dict) -> dict:
     out["domain"]["add_expert_reached_retrain_B"] = [r["domain"]["add_expert"]["wall_to_reach_retrain_B"] is not None
                                                      for r in seeds]
     out["domain"]["frozen_unchanged"] = all(r["domain"]["add_expert"]["frozen_unchanged"] for r in seeds)
+
+    def retrain_wall_to(r):  # wall time the A+B retrain needed to reach the add-expert model's final B loss
+        c, target = r["domain"]["retrain_AB"]["curve"], r["domain"]["add_expert"]["B"]
+        return next((w for w, l in zip(c["wall_s"], c["loss"]) if l <= target), None)
+
+    out["domain"]["retrain_wall_to_add_expert_B"] = g(retrain_wall_to)
+    out["domain"]["time_ratio_add_over_retrain_at_equal_B"] = g(
+        lambda r: r["domain"]["add_expert"]["wall_s"] / retrain_wall_to(r) if retrain_wall_to(r) else None)
     for v in ("A_only", "retrain_AB", "add_expert"):
         rr = [r["routing"][v] for r in seeds]
         out["routing"][v] = dict(types=rr[0]["types"], domains=rr[0]["domains"],
@@ -380,16 +412,32 @@ def print_tables(res: dict, console) -> None:
               _f(p["transformer_tokens_per_s"], prec=0))
     console.print(t)
 
-    t = Table(title=f"Recall of a planted fact after d bytes (exact 4-digit match; Transformer window "
-                    f"{meta['transformer_config']['block_size']}; CMRN chunks of {meta['train']['segment_len']})")
+    console.print(f"Compute-matched: CMRN held-out loss after the Transformer's whole training wall time "
+                  f"({_f(p['transformer_train_s'], prec=1)} s): {_f(p['cmrn_loss_at_transformer_wall'])} nats/byte "
+                  f"(Transformer at the end: {_f(p['transformer_loss'])})")
+
+    t = Table(title=f"Recall of a planted fact after d bytes, exact 4-digit match (per-digit accuracy), "
+                    f"{s['n_seeds']['recall']} seed(s); Transformer window {meta['transformer_config']['block_size']}; "
+                    f"CMRN chunks of {meta['train']['segment_len']}")
     for c in ("distance d", "CMRN + memory", "CMRN, no memory", "Transformer"):
         t.add_column(c, justify="right")
     for d, r in s["recall"].items():
-        t.add_row(d, _f(r["cmrn_memory"]["exact"]), _f(r["cmrn_no_memory"]["exact"]), _f(r["transformer"]["exact"]))
+        t.add_row(d, *[f"{_f(r[m]['exact'], prec=2)} ({_f(r[m]['digit'], prec=2)})"
+                       for m in ("cmrn_memory", "cmrn_no_memory", "transformer")])
     console.print(t)
 
+    if s["n_seeds"]["domain"]:
+        _domain_tables(s, console)
+    if s.get("cost"):
+        _cost_table(s, meta, console)
+
+
+def _domain_tables(s: dict, console) -> None:
+    from rich.table import Table
+
     d = s["domain"]
-    t = Table(title="Adding domain B (Python stdlib) to a model trained on A (Shakespeare): held-out loss, nats/byte")
+    t = Table(title=f"Adding domain B (Python stdlib) to a model trained on A (Shakespeare): held-out loss, nats/byte, "
+                    f"{s['n_seeds']['domain']} seed(s)")
     for c in ("variant", "A loss", "B loss", "train wall s"):
         t.add_column(c, justify="right")
     names = dict(A_only="CMRN trained on A", add_expert="CMRN + B expert (rest frozen)", finetune_all="CMRN fine-tuned on B",
@@ -399,6 +447,11 @@ def print_tables(res: dict, console) -> None:
     t.add_row("Transformer trained on A", _f(d["transformer_A"]), "", "")
     t.add_row("add-expert / retrain wall time", "", "", _f(d["time_ratio_add_over_retrain"]))
     console.print(t)
+    console.print(f"add-expert reached the retrained model's B loss: {d['add_expert_reached_retrain_B']}; "
+                  f"frozen parameters unchanged: {d['frozen_unchanged']}")
+    console.print(f"the A+B retrain reached the add-expert model's final B loss after "
+                  f"{_f(d['retrain_wall_to_add_expert_B'], prec=1)} s of training (first evaluation at or below it); "
+                  f"add-expert wall time / that: {_f(d['time_ratio_add_over_retrain_at_equal_B'])}")
 
     t = Table(title="Routing: share of top-k slots per expert on held-out A and B (mean over seeds)")
     t.add_column("model"); t.add_column("experts"); t.add_column("A usage"); t.add_column("B usage")
@@ -409,17 +462,23 @@ def print_tables(res: dict, console) -> None:
                   f"{_f(r['symbolic_share_A'], prec=2)} / {_f(r['symbolic_share_B'], prec=2)}")
     console.print(t)
 
+
+def _cost_table(s: dict, meta: dict, console) -> None:
+    from rich.table import Table
+
     t = Table(title=f"Cost: forward pass, batch 1, on {meta['device_name']}")
     t.add_column("length", justify="right")
     for c in ("transformer", "cmrn_no_memory", "cmrn_stream_memory"):
         t.add_column(f"{c} tok/s", justify="right"); t.add_column("peak MiB", justify="right")
+    t.add_column("memory entries MiB", justify="right")
     for r in s["cost"]:
         row = [str(r["length"])]
         for c in ("transformer", "cmrn_no_memory", "cmrn_stream_memory"):
             x = r[c]
             row += ["OOM" if x.get("oom") else f"{x['tokens_per_s']:,.0f}",
                     "" if x.get("peak_mib") is None else f"{x['peak_mib']:.1f}"]
-        t.add_row(*row)
+        st = r["cmrn_stream_memory"].get("memory_store_mib")
+        t.add_row(*row, "" if st is None else f"{st:.1f}")
     console.print(t)
 
 
@@ -453,6 +512,24 @@ def plots(res: dict, out: Path) -> list[str]:
     ax.set_ylim(-0.05, 1.05); ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout(); fig.savefig(out / "recall.png", dpi=120); plt.close(fig); files.append("recall.png")
 
+    if s.get("cost"):
+        files.append(_cost_plot(s, out, plt))
+    dseeds = [r for r in seeds if "domain" in r]
+    if not dseeds:
+        return files
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(dseeds):
+        for k, col, lab in (("add_expert", "C2", "CMRN + B expert (rest frozen)"), ("retrain_AB", "C3", "CMRN retrained on A+B"),
+                            ("finetune_all", "C4", "CMRN fine-tuned on B")):
+            c = r["domain"][k]["curve"]
+            ax.plot(c["wall_s"], np.array(c["loss"]) / LN2, color=col, alpha=0.8, label=lab if i == 0 else None)
+    ax.set_xlabel("training wall time (s)"); ax.set_ylabel("held-out bits/byte, domain B (Python)")
+    ax.legend(); ax.grid(alpha=0.3)
+    fig.tight_layout(); fig.savefig(out / "domain.png", dpi=120); plt.close(fig); files.append("domain.png")
+    return files
+
+
+def _cost_plot(s: dict, out: Path, plt) -> str:
     fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
     L = [r["length"] for r in s["cost"]]
     for c in ("transformer", "cmrn_no_memory", "cmrn_stream_memory"):
@@ -465,41 +542,66 @@ def plots(res: dict, out: Path) -> list[str]:
         else:
             a.text(0.5, 0.5, "measured on CUDA only", ha="center", transform=a.transAxes)
     axs[0].legend()
-    fig.tight_layout(); fig.savefig(out / "cost.png", dpi=120); plt.close(fig); files.append("cost.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(seeds):
-        for k, col, lab in (("add_expert", "C2", "CMRN + B expert (rest frozen)"), ("retrain_AB", "C3", "CMRN retrained on A+B"),
-                            ("finetune_all", "C4", "CMRN fine-tuned on B")):
-            c = r["domain"][k]["curve"]
-            ax.plot(c["wall_s"], np.array(c["loss"]) / LN2, color=col, alpha=0.8, label=lab if i == 0 else None)
-    ax.set_xlabel("training wall time (s)"); ax.set_ylabel("held-out bits/byte, domain B (Python)")
-    ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(out / "domain.png", dpi=120); plt.close(fig); files.append("domain.png")
-    return files
+    fig.tight_layout(); fig.savefig(out / "cost.png", dpi=120); plt.close(fig)
+    return "cost.png"
 
 
 # ---------------------------------------------------------------------- main
+def merge(paths: list[str], out: Path, console) -> dict:
+    """Combine the seeds of several runs of the same configuration (e.g. two device calls) into one result."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("cmrn_config", "transformer_config", "train", "cmrn_params", "transformer_params")
+    for r in runs[1:]:
+        if any(r["meta"][k] != runs[0]["meta"][k] for k in keys):
+            raise SystemExit(f"cannot merge runs with different configurations: {paths}")
+    seeds, seen = [], set()
+    for r in runs:
+        for sd in r["seeds"]:
+            if sd["seed"] not in seen:
+                seen.add(sd["seed"])
+                seeds.append(sd)
+    cost = next((r["summary"]["cost"] for r in runs if r.get("summary", {}).get("cost")), None)
+    meta = dict(runs[0]["meta"], seeds=sorted(seen), merged_from=[dict(path=str(p), command=r["meta"]["command"],
+                wall_s=r["meta"].get("wall_s"), seeds=[x["seed"] for x in r["seeds"]]) for p, r in zip(paths, runs)])
+    S = dict(recall_distances=[int(d) for d in seeds[0]["recall"]])
+    res = dict(meta=meta, seeds=seeds)
+    res["summary"] = summarise(seeds, cost, S)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cmrn_bench.json").write_text(json.dumps(res, indent=1))
+    print_tables(res, console)
+    files = plots(res, out)
+    console.print(f"merged {len(paths)} runs ({len(seeds)} seeds) into {out / 'cmrn_bench.json'} and {', '.join(files)}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sam bench cmrn", description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny configuration (CI, CPU, ~30 s)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="tiny configuration (CI, CPU, ~10 s)")
+    ap.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed")
     ap.add_argument("--out", default="results/cmrn")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data-dir", default=None, help="corpus exported by `python -m sam.research.cmrn.data DIR`")
     ap.add_argument("--steps", type=int, default=None, help="override training steps on A")
     ap.add_argument("--domain-steps", type=int, default=None)
+    ap.add_argument("--skip-domain", action="store_true", help="perplexity and recall only (no domain, no routing)")
+    ap.add_argument("--skip-cost", action="store_true", help="no cost curve")
     ap.add_argument("--recall-docs", type=int, default=None)
     ap.add_argument("--recall-distances", default=None, help="comma-separated byte distances")
     ap.add_argument("--cost-lengths", default=None, help="comma-separated sequence lengths")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds: start another seed only if it should finish (with the cost curve) inside this")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="merge the seeds of earlier runs' cmrn_bench.json files, print and plot them; trains nothing")
     args = ap.parse_args(argv)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(width=max(Console().width, 150))
+    if args.merge:
+        merge(args.merge, Path(args.out), console)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     S = settings(args.smoke)
@@ -523,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     n_tf = TransformerLM(tf_cfg).num_parameters()
     meta = dict(cmrn_params=n_cm, cmrn_active_params=CMRN(cmrn_cfg).num_parameters(active=True), transformer_params=n_tf,
                 cmrn_config=cmrn_cfg.to_dict(), transformer_config=tf_cfg.to_dict(), train=S["train"],
-                domain_steps=S["domain_steps"], seeds=list(range(args.seeds)), device=args.device,
+                domain_steps=S["domain_steps"], seeds=[], device=args.device,
                 device_name=torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
                 torch=torch.__version__, python=sys.version.split()[0], threads=torch.get_num_threads(),
                 data=dict(A=A.describe(), B=B.describe(), source=args.data_dir or "installed packages"),
@@ -531,26 +633,31 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"CMRN {n_cm:,} parameters, Transformer {n_tf:,} ({tf_cfg.n_layer} layers, d_ff {tf_cfg.d_ff}); "
                   f"A {A.train.size:,}/{A.val.size:,} bytes, B {B.train.size:,}/{B.val.size:,} bytes (train/held-out)")
     tr = S["train"]
-    per_seed = (2 * tr["max_steps"] + len(S["recall_distances"]) + tr["max_steps"] + 4 * S["domain_steps"] + 1)
-    seeds = []
+    per_seed = 2 * tr["max_steps"] + len(S["recall_distances"])
+    if not args.skip_domain:
+        per_seed += tr["max_steps"] + 4 * S["domain_steps"] + 1
+    seeds, seed_s = [], []
     res = dict(meta=meta)
+    cost = None
+    reserve = 0 if args.skip_cost else 30
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("cmrn bench", total=per_seed * args.seeds + 1)
-        seed_s = []
-        for seed in range(args.seeds):
-            if args.time_budget and seed_s and time.time() - t_start + 1.1 * max(seed_s) + 30 > args.time_budget:
-                console.print(f"[yellow]time budget {args.time_budget:.0f} s: stopping after {seed} seed(s)")
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
+            if args.time_budget and seed_s and time.time() - t_start + 1.1 * max(seed_s) + reserve > args.time_budget:
+                console.print(f"[yellow]time budget {args.time_budget:.0f} s: stopping after {len(seeds)} seed(s)")
                 break
             progress.update(task, description=f"seed {seed}")
             t_seed = time.time()
-            seeds.append(run_seed(seed, S, A, B, cmrn_cfg, tf_cfg, args.device, progress, task))
+            seeds.append(run_seed(seed, S, A, B, cmrn_cfg, tf_cfg, args.device, progress, task,
+                                  domain=not args.skip_domain))
             seed_s.append(time.time() - t_seed)
-            meta["seeds"], meta["seed_wall_s"] = list(range(len(seeds))), seed_s
+            meta["seeds"], meta["seed_wall_s"] = [r["seed"] for r in seeds], seed_s
             res["seeds"] = seeds
             (out / "cmrn_bench.json").write_text(json.dumps(res, indent=1))  # partial results survive a time-out
-        progress.update(task, description="cost")
-        cost = cost_curve(cmrn_cfg, tf_cfg, S["cost_lengths"], S["cost_reps"], tr["segment_len"], args.device)
+        if not args.skip_cost:
+            progress.update(task, description="cost")
+            cost = cost_curve(cmrn_cfg, tf_cfg, S["cost_lengths"], S["cost_reps"], tr["segment_len"], args.device)
         progress.advance(task, 1)
     res["summary"] = summarise(seeds, cost, S)
     meta["wall_s"] = time.time() - t_start
