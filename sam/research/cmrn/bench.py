@@ -362,6 +362,7 @@ def summarise(all_seeds: list[dict], cost: list[dict] | None, S: dict) -> dict:
     out["domain"]["add_expert_reached_retrain_B"] = [r["domain"]["add_expert"]["wall_to_reach_retrain_B"] is not None
                                                      for r in seeds]
     out["domain"]["frozen_unchanged"] = all(r["domain"]["add_expert"]["frozen_unchanged"] for r in seeds)
+    out["domain"]["add_expert_trainable_parameters"] = seeds[0]["domain"]["add_expert"]["trainable"]
 
     def retrain_wall_to(r):  # wall time the A+B retrain needed to reach the add-expert model's final B loss
         c, target = r["domain"]["retrain_AB"]["curve"], r["domain"]["add_expert"]["B"]
@@ -392,6 +393,10 @@ def print_tables(res: dict, console) -> None:
     from rich.table import Table
 
     s, meta = res["summary"], res["meta"]
+    for k, name in (("A", "A shakespeare"), ("B", "B python stdlib")):
+        d = meta["data"][k]
+        console.print(f"data {name}: {d['train_docs']} train documents ({d['train_bytes']:,} bytes), {d['val_docs']} held out "
+                      f"({d['val_bytes']:,} bytes): {', '.join(d['val_doc_names'][:6])}{' ...' if d['val_docs'] > 6 else ''}")
     t = Table(title=f"Parameters (CMRN active per token: {meta['cmrn_active_params']:,})")
     t.add_column("model"); t.add_column("parameters", justify="right"); t.add_column("config")
     t.add_row("CMRN", f"{meta['cmrn_params']:,}", json.dumps({k: meta["cmrn_config"][k] for k in (
@@ -448,7 +453,8 @@ def _domain_tables(s: dict, console) -> None:
     t.add_row("add-expert / retrain wall time", "", "", _f(d["time_ratio_add_over_retrain"]))
     console.print(t)
     console.print(f"add-expert reached the retrained model's B loss: {d['add_expert_reached_retrain_B']}; "
-                  f"frozen parameters unchanged: {d['frozen_unchanged']}")
+                  f"frozen parameters unchanged: {d['frozen_unchanged']}; "
+                  f"trainable parameters while adding the expert: {d['add_expert_trainable_parameters']:,}")
     console.print(f"the A+B retrain reached the add-expert model's final B loss after "
                   f"{_f(d['retrain_wall_to_add_expert_B'], prec=1)} s of training (first evaluation at or below it); "
                   f"add-expert wall time / that: {_f(d['time_ratio_add_over_retrain_at_equal_B'])}")

@@ -14,9 +14,9 @@ ignore memory:
 The value written for position j is the embedding of the token that followed it, E[x_{j+1}]: memory is an
 associative store "context -> what came next", which is what recalling a fact from far back needs. Queries and
 keys share W_k, so a position whose recent context repeats an earlier one finds it from the start of training, and
-W_v, W_o start as the identity, so the read starts as a copy of the recalled next-token embedding. (On the 146k-
-parameter CPU development model, 300 steps, separate W_q/W_k with default init, and shared W_k with default
-W_v/W_o init, both left fact recall at 0; with both choices it reached 0.6 at 32 bytes.)
+W_v, W_o start as the identity, so the read starts as a copy of the recalled next-token embedding. (In development
+runs on a small CPU model, separate W_q/W_k, or default-initialised W_v/W_o, left the memory unused: recall of a
+planted fact stayed at chance. docs/cmrn.md quotes no figure from those runs.)
 """
 
 from __future__ import annotations
