@@ -138,6 +138,11 @@ class EditMaskDatabase:
                 raise StoreMismatchError(
                     f"store {self.path.parent} belongs to {key}={self.meta[key]!r}, not {identity[key]!r}; "
                     f"use another --store or the model and settings it was made with")
+        # an identity key the store predates (d_model: a schema-1 store upgraded with no edits) is
+        # recorded now, once the rest matched; reading a delta needs it
+        missing = {k: identity[k] for k in IDENTITY_KEYS if k in identity and k not in self.meta}
+        if missing and not self.read_only:
+            self.set_meta(missing)
 
     def set_meta(self, values: dict[str, str]) -> None:
         with self.transaction():
