@@ -215,8 +215,12 @@ class Store:
                 if statement.strip():
                     conn.execute(statement)
             for (i, prompt, target, source, created, importance, status, steps, loss, blob) in rows:
-                t = st_load(blob)
-                c, d, digest = pack(t["cols"], t["delta"])
+                try:
+                    t = st_load(blob)
+                    c, d, digest = pack(t["cols"], t["delta"])
+                except Exception as exc:  # the transaction rolls back: the store stays in format 1, as it was
+                    raise CorruptStoreError(f"cannot upgrade {self.db_path}: edit {i}'s schema-1 delta is "
+                                            f"unreadable ({type(exc).__name__}); the store is left as it was") from None
                 d_model = t["delta"].shape[0]
                 conn.execute("INSERT INTO edits(id, prompt, question, target, source, created, importance, status, "
                              "supersedes, steps, loss, cols, delta, checksum) VALUES (?,?,?,?,?,?,?,?,NULL,?,?,?,?,?)",
