@@ -77,3 +77,47 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _build_v1_store(root: Path, rows: list[dict], identity: dict, memory_files: int = 1,
+                    fingerprinter: Path | None = None) -> Path:
+    """A schema-1 store (sam <= 0.1) written by hand: meta(key, value) with schema "1" and the identity keys,
+    edits(..., expert, sparse = safetensors {"cols": int64 (k,), "delta": float32 (d_model, k)}), experts,
+    and a memory/ folder of dense expert files. Each row: prompt, target, cols, delta, [status, steps, loss]."""
+    import sqlite3
+
+    from safetensors.torch import save as st_save
+
+    root.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(root / "edits.sqlite")
+    con.executescript("""
+        CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
+        CREATE TABLE [edits] ([id] INTEGER PRIMARY KEY, [prompt] TEXT, [target] TEXT, [source] TEXT, [created] TEXT,
+            [importance] FLOAT, [expert] INTEGER, [status] TEXT, [steps] INTEGER, [loss] FLOAT, [sparse] BLOB);
+        CREATE INDEX [idx_edits_status] ON [edits] ([status]);
+        CREATE TABLE [experts] ([id] INTEGER PRIMARY KEY, [file] TEXT, [n_edits] INTEGER);
+    """)
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", "1")] + [(k, str(v)) for k, v in identity.items()])
+    for i, r in enumerate(rows, 1):
+        blob = r["sparse"] if "sparse" in r else st_save(
+            {"cols": r["cols"].to(torch.int64).contiguous(), "delta": r["delta"].to(torch.float32).contiguous()})
+        con.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (i, r["prompt"], r["target"], r.get("source", "user"), "2025-01-02T03:04:05+00:00",
+                     r.get("importance", 1.0), 0, r.get("status", "active"), r.get("steps", 5), r.get("loss", 0.01),
+                     blob))
+    con.execute("INSERT INTO experts VALUES (0, 'expert_000.0123abcd.safetensors', ?)", (len(rows),))
+    con.commit()
+    con.close()
+    if memory_files:
+        (root / "memory").mkdir()
+        for e in range(memory_files):
+            (root / "memory" / f"expert_{e:03d}.0123abcd.safetensors").write_bytes(b"\x00" * 256)
+    if fingerprinter is not None:
+        shutil.copy(fingerprinter, root / "fingerprinter.safetensors")
+    return root
+
+
+@pytest.fixture
+def build_v1_store():
+    """A function that writes a schema-1 store by hand (see _build_v1_store)."""
+    return _build_v1_store
