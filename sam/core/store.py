@@ -81,6 +81,8 @@ class Store:
                                     f"folder aside")
         self.created = DB_FILE not in present
         self.db = EditMaskDatabase(self.db_path, create=self.created)
+        if not self.created and self.db.schema >= SCHEMA_VERSION and self.db.unclaimed:
+            self.created = True  # made by an open that failed before claiming it (bad option, no model): still new
         self._clean_orphans()
         if not self.created and self.db.schema < SCHEMA_VERSION:
             self._upgrade_v1()

@@ -115,6 +115,10 @@ class EditMaskDatabase:
                         for statement in _SCHEMA.split(";"):
                             if statement.strip():
                                 self.conn.execute(statement)
+                        # the format from the start: a database whose first open failed before claim() is
+                        # not mistaken for schema 1 (meta without `schema`) and "upgraded"
+                        self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
+                                          (str(SCHEMA_VERSION),))
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -143,6 +147,11 @@ class EditMaskDatabase:
         missing = {k: identity[k] for k in IDENTITY_KEYS if k in identity and k not in self.meta}
         if missing and not self.read_only:
             self.set_meta(missing)
+
+    @property
+    def unclaimed(self) -> bool:
+        """True for a database that never recorded whose it is and holds no edit (a first open that failed)."""
+        return not any(k in self.meta for k in IDENTITY_KEYS) and self.count(None) == 0
 
     def set_meta(self, values: dict[str, str]) -> None:
         with self.transaction():
