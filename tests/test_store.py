@@ -86,6 +86,18 @@ def test_a_store_is_created_in_an_empty_folder_and_unrelated_files_are_kept(tmp_
     assert (other / "plans.json").read_text() == "{}"
 
 
+def test_a_database_a_failed_first_open_left_unclaimed_is_still_a_new_store(tmp_path):
+    root = tmp_path / "store"
+    with Store(root) as st:  # created, then the open failed before claiming it (bad option, missing model)
+        assert st.created
+    with Store(root) as st:  # not mistaken for schema 1, not refused for its missing fingerprinter
+        assert st.created and st.db.schema == SCHEMA_VERSION and st.load_fingerprinter() is None
+        st.claim({**IDENTITY, "fingerprinter": fingerprinter().digest()})
+        add(st, 0)
+    with Store(root) as st:
+        assert not st.created and st.db.count() == 1
+
+
 @pytest.mark.parametrize("read_only", [False, True])
 @pytest.mark.parametrize("beside", [FINGERPRINTER_FILE, "memory"])
 def test_a_missing_database_next_to_store_files_is_refused_never_replaced(tmp_path, read_only, beside):
