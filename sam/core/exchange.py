@@ -75,7 +75,8 @@ def write_export(path: Path, records, model: str, prompt_format: str) -> None:
     doc = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": model, "prompt_format": prompt_format,
            "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "sha256": _digest(edits),
            "edits": edits}
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, ensure_ascii=False)))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, ensure_ascii=False),
+                                                              encoding="utf-8"))  # read_export reads UTF-8
 
 
 def read_export(path: Path) -> list[ExportedEdit]:
