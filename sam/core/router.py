@@ -29,10 +29,10 @@ class Decision:
 
 class Router:
     def __init__(self, fingerprinter: TopHashFingerprinter, threshold: float, d_model: int,
-                 delta: Callable[[int], tuple[torch.Tensor, torch.Tensor]]):
+                 delta: Callable[[int], tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu"):
         self.fingerprinter, self.threshold, self.d_model = fingerprinter, threshold, d_model
         self._delta = delta  # edit id -> (cols (k,), delta (d_model, k))
-        self.index = MaskIndex(fingerprinter.size, fingerprinter.top_k)
+        self.index = MaskIndex(fingerprinter.size, fingerprinter.top_k, device)
         self._active: set[int] = set()
 
     # --- the active set --------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ class Router:
 
     def decide(self, pooled: torch.Tensor) -> list[Decision]:
         out = []
-        for match in self.index.nearest(self.columns(pooled).cpu()):
+        for match in self.index.nearest(self.columns(pooled)):
             if match is None:
                 out.append(Decision(None, 0.0, None))
             else:
