@@ -177,9 +177,9 @@ def test_export_is_utf8_whatever_the_locale(tmp_path):
 
     code = ("import sys\nfrom sam.core.exchange import read_export, write_export\n"
             "class R:\n    id, question, target, source, importance, created, status = "
-            "1, 'Émile?', 'midi ☀', 'user', 1.0, None, 'active'\n"
+            "1, '\\u00c9mile?', 'midi \\u2600', 'user', 1.0, None, 'active'\n"  # escapes: argv is ASCII here
             "write_export(sys.argv[1], [R()], model='m', prompt_format='line')\n"
-            "assert read_export(sys.argv[1])[0].target == 'midi ☀'\n")
+            "assert read_export(sys.argv[1])[0].target == 'midi \\u2600'\n")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
            "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.json")], env=env, capture_output=True,
