@@ -119,6 +119,9 @@ class MemoirEditor:
         opened = None
         if store is not None and (not read_only or Store.exists(store)):
             opened = Store(store, read_only=read_only)
+            if read_only and opened.db.unclaimed:  # left by a writer's open that failed: nothing edited there
+                opened.close()
+                opened = None
         try:
             loaded = load_model(model, cache_dir=model_cache, device=device, dtype=dtype, verbose=verbose)
             return cls(loaded, opened, config, device, prompt_format, permutation_file, repair)
@@ -149,7 +152,8 @@ class MemoirEditor:
                               "layer": self.layer, "d_ff": d_ff, "d_model": self.memory.out_features,
                               "top_k": self.fingerprinter.top_k, "fingerprinter": self.fingerprinter.digest(),
                               "prompt_format": self.prompts.style})
-        self.router = Router(self.fingerprinter, cfg.similarity_threshold, self.memory.out_features, self._delta)
+        self.router = Router(self.fingerprinter, cfg.similarity_threshold, self.memory.out_features, self._delta,
+                             self.device)
         if self.store is not None:
             self.router.load(*self.store.active_columns())
         self._prefixes: list[str] | None = None
@@ -181,7 +185,7 @@ class MemoirEditor:
         if rebuilding and fp.digest() != self.store.meta("fingerprinter"):
             raise CorruptStoreError("the fingerprinter cannot be rebuilt: the store was made with another seed, "
                                     "permutation or top_k (its keys cannot be recomputed)")
-        if self.store is not None:
+        if self.store is not None and not self.read_only:  # a reader repairs in memory only: it writes nothing
             self.store.save_fingerprinter(fp)
         return fp
 
@@ -290,10 +294,13 @@ class MemoirEditor:
         out = []
         for i in range(0, len(prompts), batch_size):
             batch = self._encode([self._prompt(p) for p in prompts[i: i + batch_size]])
+            # left-padded: each row's positions start at its first real token, as generate() counts them
+            # (a model with absolute position embeddings, GPT-2, would otherwise key a padded row differently)
+            positions = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
             with self.memory.disabled(), self.memory.capture() as seen, self._stop_after_memory():
                 try:
                     self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                          use_cache=False)
+                                          position_ids=positions, use_cache=False)
                 except _StopAtLayer:
                     pass
             out.append(TopHashFingerprinter.pool(seen[0], batch.key_mask).float())
@@ -394,8 +401,8 @@ class MemoirEditor:
         """The active edit for this prompt's question, if there is one."""
         if self.store is None:
             return None
-        q = normalize(self._prompt(prompt).question)
-        return next((r for r in self.store.edits("active") if normalize(r.question) == q), None)
+        found = self.store.db.find(self._prompt(prompt).question)
+        return found[-1] if found else None
 
     def train(self, prompt: PromptLike, target: str, *, contexts: list[Prompt] | tuple = (), source: str = "user",
               importance: float = 1.0) -> PendingEdit:
@@ -428,7 +435,8 @@ class MemoirEditor:
             raise EditFailedError("the edit's training diverged (non-finite loss or delta): nothing was written")
         temp = MAX_ID - len(self._pending)
         self._pending[temp] = (pending.outcome.cols, pending.outcome.delta)
-        hidden = pending.supersedes if pending.supersedes in self.router else None
+        hidden = self._replaced(pending)
+        hidden = hidden if hidden in self.router else None
         if hidden is not None:
             self.router.remove(hidden)
         self.router.add(temp, pending.outcome.cols)
@@ -441,27 +449,40 @@ class MemoirEditor:
                 cols, _ = self.store.delta(hidden)
                 self.router.add(hidden, cols)
 
+    def _replaced(self, pending: PendingEdit) -> int | None:
+        """The active edit of the pending edit's question now (not when it was trained: another edit of the
+        question, or this very one, may have been committed since); one question keeps one active edit."""
+        old = self.existing(pending.prompt)
+        return old.id if old is not None else None
+
     def commit(self, pending: PendingEdit) -> EditResult:
         """Write a trained edit: one transaction (the superseded edit marked in it); then route to it."""
+        return self.commit_many([pending])[0]
+
+    def commit_many(self, pending: list[PendingEdit]) -> list[EditResult]:
+        """Write trained edits in order, in ONE transaction (all or none); then route to them. A later edit
+        of the same question supersedes an earlier one, as committing them one by one would."""
         store = self._writable()
-        o = pending.outcome
-        if not o.finite:
-            raise EditFailedError("the edit's training diverged (non-finite loss or delta): nothing was written")
-        q = pending.prompt.question
+        for p in pending:
+            if not p.outcome.finite:
+                raise EditFailedError("an edit's training diverged (non-finite loss or delta): nothing was written")
+        results = []
         with store.transaction():
-            old = pending.supersedes
-            if old is not None and store.get(old).status != "active":
-                old = None
-            if old is not None:
-                store.set_status(old, "superseded")
-            edit_id = store.add_edit(prompt=pending.prompt.text, question=q, target=pending.target, cols=o.cols,
-                                     delta=o.delta, source=pending.source, importance=pending.importance,
-                                     steps=o.steps, loss=o.loss, supersedes=old)
-        if old is not None:
-            self.router.remove(old)
-        self.router.add(edit_id, o.cols)
-        return EditResult(edit_id, pending.prompt.text, pending.target, pending.success, o.steps, o.loss,
-                          pending.seconds, o.accuracy, old)
+            for p in pending:
+                o = p.outcome
+                old = self._replaced(p)
+                if old is not None:
+                    store.set_status(old, "superseded")
+                edit_id = store.add_edit(prompt=p.prompt.text, question=p.prompt.question, target=p.target,
+                                         cols=o.cols, delta=o.delta, source=p.source, importance=p.importance,
+                                         steps=o.steps, loss=o.loss, supersedes=old)
+                results.append(EditResult(edit_id, p.prompt.text, p.target, p.success, o.steps, o.loss, p.seconds,
+                                          o.accuracy, old))
+        for r, p in zip(results, pending):  # the database is committed: the router follows it
+            if r.supersedes is not None and r.supersedes in self.router:
+                self.router.remove(r.supersedes)
+            self.router.add(r.edit_id, p.outcome.cols)
+        return results
 
     def edit(self, prompt: PromptLike, target: str, *, source: str = "user", importance: float = 1.0,
              keep_failed: bool = True) -> EditResult:

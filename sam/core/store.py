@@ -198,7 +198,7 @@ class Store:
         files are moved to backup/ (an edit now reads only its own delta)."""
         from safetensors.torch import load as st_load
 
-        from sam.memory.edit_mask_db import pack
+        from sam.memory.edit_mask_db import pack, question_key
 
         conn = self.db.conn
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -224,10 +224,11 @@ class Store:
                     raise CorruptStoreError(f"cannot upgrade {self.db_path}: edit {i}'s schema-1 delta is "
                                             f"unreadable ({type(exc).__name__}); the store is left as it was") from None
                 d_model = t["delta"].shape[0]
-                conn.execute("INSERT INTO edits(id, prompt, question, target, source, created, importance, status, "
-                             "supersedes, steps, loss, cols, delta, checksum) VALUES (?,?,?,?,?,?,?,?,NULL,?,?,?,?,?)",
-                             (i, prompt, prompt.strip(), target, source, created, importance, status, steps, loss,
-                              c, d, digest))
+                conn.execute("INSERT INTO edits(id, prompt, question, question_key, target, source, created, importance, "
+                             "status, supersedes, steps, loss, cols, delta, checksum) "
+                             "VALUES (?,?,?,?,?,?,?,?,?,NULL,?,?,?,?,?)",
+                             (i, prompt, prompt.strip(), question_key(prompt), target, source, created, importance,
+                              status, steps, loss, c, d, digest))
             conn.execute("DROP TABLE edits_v1")
             conn.execute("DROP TABLE IF EXISTS experts")
             values = {"schema": str(SCHEMA_VERSION), "upgraded_from": "1", "backup": str(backup.name),

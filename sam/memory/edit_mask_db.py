@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS edits (
     id INTEGER PRIMARY KEY,
     prompt TEXT NOT NULL,          -- the prompt the edit was trained on (rendered)
     question TEXT NOT NULL,        -- the question it answers (its key)
+    question_key TEXT NOT NULL,    -- the question normalised: one active edit per key
     target TEXT NOT NULL,
     source TEXT NOT NULL,
     created TEXT NOT NULL,
@@ -51,7 +52,7 @@ CREATE TABLE IF NOT EXISTS edits (
     checksum TEXT NOT NULL         -- sha256 of cols || delta
 );
 CREATE INDEX IF NOT EXISTS edits_status ON edits(status);
-CREATE INDEX IF NOT EXISTS edits_question ON edits(question);
+CREATE INDEX IF NOT EXISTS edits_question ON edits(question_key, status);
 """
 
 
@@ -71,6 +72,13 @@ class EditRecord:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def question_key(question: str) -> str:
+    """What makes two questions the same question: case, accents, punctuation and spacing aside."""
+    from sam.core.prompts import normalize
+
+    return normalize(question)
 
 
 def checksum(cols: bytes, delta: bytes) -> str:
@@ -186,10 +194,10 @@ class EditMaskDatabase:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self.transaction():
             cur = self.conn.execute(
-                f"INSERT INTO edits({_COLUMNS[4:]}, cols, delta, checksum) VALUES "
-                "(?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO edits({_COLUMNS[4:]}, question_key, cols, delta, checksum) VALUES "
+                "(?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
                 (prompt, question, target, source, created, float(importance), supersedes, int(steps), float(loss),
-                 c, d, digest))
+                 question_key(question), c, d, digest))
             return int(cur.lastrowid)
 
     def set_status(self, edit_id: int, status: str) -> None:
@@ -213,8 +221,9 @@ class EditMaskDatabase:
         return [EditRecord(*r) for r in rows]
 
     def find(self, question: str, status: str = "active") -> list[EditRecord]:
-        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM edits WHERE question = ? AND status = ? ORDER BY id",
-                                 (question, status))
+        """The edits of this question (compared normalised), oldest first; an indexed lookup."""
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM edits WHERE question_key = ? AND status = ? ORDER BY id",
+                                 (question_key(question), status))
         return [EditRecord(*r) for r in rows]
 
     def count(self, status: str | None = "active") -> int:
