@@ -109,9 +109,7 @@ class EditTrainer:
         tails_agree = all(len({tuple(e.ids[e.n_prompt:]) for e in edit}) == 1 for edit in rows)
         if fast and tails_agree and all(e.n_prompt > 1 for edit in rows for e in edit):
             return self._train_fast(rows, lr, max_steps, stop_loss)
-        if len(requests) != 1:
-            raise ValueError("the naive loop trains one edit at a time")
-        return [self._train_naive(requests[0], lr, max_steps, stop_loss)]
+        return [self._train_naive(r, lr, max_steps, stop_loss) for r in requests]  # one edit at a time
 
     # --- the optimisation, shared by both loops ----------------------------------------------------------
     def _optimise(self, loss_fn, slot: TrainSlot, edit_of: torch.Tensor, first: list[torch.Tensor], labels,
