@@ -152,7 +152,8 @@ class MemoirEditor:
                               "layer": self.layer, "d_ff": d_ff, "d_model": self.memory.out_features,
                               "top_k": self.fingerprinter.top_k, "fingerprinter": self.fingerprinter.digest(),
                               "prompt_format": self.prompts.style})
-        self.router = Router(self.fingerprinter, cfg.similarity_threshold, self.memory.out_features, self._delta)
+        self.router = Router(self.fingerprinter, cfg.similarity_threshold, self.memory.out_features, self._delta,
+                             self.device)
         if self.store is not None:
             self.router.load(*self.store.active_columns())
         self._prefixes: list[str] | None = None
@@ -400,8 +401,8 @@ class MemoirEditor:
         """The active edit for this prompt's question, if there is one."""
         if self.store is None:
             return None
-        q = normalize(self._prompt(prompt).question)
-        return next((r for r in self.store.edits("active") if normalize(r.question) == q), None)
+        found = self.store.db.find(self._prompt(prompt).question)
+        return found[-1] if found else None
 
     def train(self, prompt: PromptLike, target: str, *, contexts: list[Prompt] | tuple = (), source: str = "user",
               importance: float = 1.0) -> PendingEdit:
@@ -456,23 +457,32 @@ class MemoirEditor:
 
     def commit(self, pending: PendingEdit) -> EditResult:
         """Write a trained edit: one transaction (the superseded edit marked in it); then route to it."""
+        return self.commit_many([pending])[0]
+
+    def commit_many(self, pending: list[PendingEdit]) -> list[EditResult]:
+        """Write trained edits in order, in ONE transaction (all or none); then route to them. A later edit
+        of the same question supersedes an earlier one, as committing them one by one would."""
         store = self._writable()
-        o = pending.outcome
-        if not o.finite:
-            raise EditFailedError("the edit's training diverged (non-finite loss or delta): nothing was written")
-        q = pending.prompt.question
+        for p in pending:
+            if not p.outcome.finite:
+                raise EditFailedError("an edit's training diverged (non-finite loss or delta): nothing was written")
+        results = []
         with store.transaction():
-            old = self._replaced(pending)
-            if old is not None:
-                store.set_status(old, "superseded")
-            edit_id = store.add_edit(prompt=pending.prompt.text, question=q, target=pending.target, cols=o.cols,
-                                     delta=o.delta, source=pending.source, importance=pending.importance,
-                                     steps=o.steps, loss=o.loss, supersedes=old)
-        if old is not None:
-            self.router.remove(old)
-        self.router.add(edit_id, o.cols)
-        return EditResult(edit_id, pending.prompt.text, pending.target, pending.success, o.steps, o.loss,
-                          pending.seconds, o.accuracy, old)
+            for p in pending:
+                o = p.outcome
+                old = self._replaced(p)
+                if old is not None:
+                    store.set_status(old, "superseded")
+                edit_id = store.add_edit(prompt=p.prompt.text, question=p.prompt.question, target=p.target,
+                                         cols=o.cols, delta=o.delta, source=p.source, importance=p.importance,
+                                         steps=o.steps, loss=o.loss, supersedes=old)
+                results.append(EditResult(edit_id, p.prompt.text, p.target, p.success, o.steps, o.loss, p.seconds,
+                                          o.accuracy, old))
+        for r, p in zip(results, pending):  # the database is committed: the router follows it
+            if r.supersedes is not None and r.supersedes in self.router:
+                self.router.remove(r.supersedes)
+            self.router.add(r.edit_id, p.outcome.cols)
+        return results
 
     def edit(self, prompt: PromptLike, target: str, *, source: str = "user", importance: float = 1.0,
              keep_failed: bool = True) -> EditResult:
