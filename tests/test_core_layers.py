@@ -1,4 +1,7 @@
-"""ResidualMemoryLayer and attach_memory on tiny Llama (nn.Linear) and GPT-2 (Conv1D) models."""
+"""ResidualMemoryLayer, attach_memory and the Router on tiny Llama (nn.Linear) and GPT-2 (Conv1D) models.
+
+    y = base_layer(x) + W_i @ x[..., m_i]   at the answer positions of a row routed to edit i
+"""
 
 from __future__ import annotations
 
@@ -8,36 +11,53 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY_D_FF, tiny_config
-from sam.core.model_layers import (MEMOIRTransformerBlock, ResidualMemoryLayer, Route, attach_memory, find_site,
+from sam.core.fingerprinter import TopHashFingerprinter, generate_permutation
+from sam.core.memory_layer import (ResidualMemoryLayer, Route, TrainSlot, attach_memory, find_site, gather_columns,
                                    num_layers)
+from sam.core.router import Decision, Router
 from sam.errors import InvalidInputError
 
 VOCAB = 500
+D_MODEL = 64
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_thread):
+    pass
 
 
 def tiny(kind: str, seed: int = 0):
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(kind, VOCAB)).eval()
+    return AutoModelForCausalLM.from_config(tiny_config(kind, VOCAB)).eval().requires_grad_(False)
 
 
 def ids(seed: int = 0, shape=(3, 9)) -> torch.Tensor:
     return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def router_for(rows: list[int], cols: torch.Tensor, expert: int = 0):
-    """A router that fires `expert` with `cols` on the given batch rows, silent elsewhere."""
-
-    def route(pooled: torch.Tensor) -> Route:
-        b = pooled.shape[0]
-        experts = torch.full((b,), -1, dtype=torch.long)
-        experts[rows] = expert
-        return Route(experts, cols.expand(b, -1).clone(), [0 if i in rows else None for i in range(b)], [0.0] * b)
-
-    return route
+def weight(seed: int, k: int, d_model: int = D_MODEL) -> torch.Tensor:
+    return torch.randn(d_model, k, generator=torch.Generator().manual_seed(seed))
 
 
+def route(rows: list[int], cols: list[list[int]], seeds: list[int]) -> Route:
+    return Route(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
+                 torch.stack([weight(s, len(cols[0])) for s in seeds]), list(seeds))
+
+
+def expected(layer, x, r: Route, positions: torch.Tensor | None) -> torch.Tensor:
+    """The formula, row by row, without the layer's batching."""
+    y = layer.base_layer(x).clone()
+    for a, b in enumerate(r.rows.tolist()):
+        add = x[b][:, r.cols[a]] @ r.weight[a].T  # (T, d_model)
+        if positions is not None:
+            add = add * positions[b].unsqueeze(-1)
+        y[b] += add
+    return y
+
+
+# --- zero impact ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,base_type", [("llama", "Linear"), ("gpt2", "Conv1D")])
-def test_zero_impact_until_something_routes(kind, base_type):
+def test_wrapping_and_an_empty_route_are_bit_identical(kind, base_type):
     model = tiny(kind)
     x = ids()
     mask = torch.ones_like(x)
@@ -45,76 +65,173 @@ def test_zero_impact_until_something_routes(kind, base_type):
     with torch.no_grad():
         before = model(input_ids=x, attention_mask=mask).logits
     layer, site = attach_memory(model, 1)
-    assert type(layer.base).__name__ == base_type
-    assert layer.in_features == TINY_D_FF and layer.out_features == 64
+    assert type(layer.base_layer).__name__ == base_type
+    assert layer.in_features == TINY_D_FF and layer.out_features == D_MODEL
     with torch.no_grad():
         wrapped = model(input_ids=x, attention_mask=mask).logits
-        layer.set_expert(0, torch.randn(64, TINY_D_FF))  # a non-zero expert...
-        layer.router = router_for([], torch.arange(8))  # ...that nothing routes to
-        silent = model(input_ids=x, attention_mask=mask).logits
-        layer.router = router_for([1], torch.arange(8))
-        fired = model(input_ids=x, attention_mask=mask).logits
-    assert torch.equal(before, wrapped)
-    assert torch.equal(before, silent)
+        with layer.applying(Route.empty(8, D_MODEL, "cpu")):
+            empty = model(input_ids=x, attention_mask=mask).logits
+        with layer.applying(lambda pooled: Route.empty(8, D_MODEL, "cpu"), None, mask.bool()):
+            silent = model(input_ids=x, attention_mask=mask).logits
+        with layer.applying(route([1], [list(range(8))], [0])):
+            fired = model(input_ids=x, attention_mask=mask).logits
+        after = model(input_ids=x, attention_mask=mask).logits  # the route ended with its block
+    for got in (wrapped, empty, silent, after):
+        assert torch.equal(got, before)
     assert torch.equal(fired[[0, 2]], before[[0, 2]])  # rows without a match are untouched
     assert not torch.equal(fired[1], before[1])
-    # outside begin()/end() only the last position answers: the earlier ones are untouched
-    assert torch.equal(fired[1, :-1], before[1, :-1])
-    assert layer.last_route is not None and layer.last_route.expert.tolist() == [-1, 0, -1]
 
 
+# --- the formula ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_memory_adds_exactly_the_sparse_columns(kind):
-    """y = base(x) + x[..., m] @ W_e[:, m].T, with x the down-projection input, on Linear and Conv1D."""
-    model = tiny(kind)
-    layer, _ = attach_memory(model, 0)
-    w = torch.randn(layer.out_features, layer.in_features, generator=torch.Generator().manual_seed(1))
-    layer.set_expert(0, w)
-    cols = torch.tensor([3, 9, 40, 77, 100])
-    layer.router = router_for([0, 1], cols)
-    x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(2))
-    prompt = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)  # row 0: 3 prompt tokens
-    with torch.no_grad():
-        base = layer.base(x)
-        layer.begin(prompt)
+def test_the_memory_adds_exactly_each_rows_sparse_columns(kind):
+    layer, _ = attach_memory(tiny(kind), 0)
+    x = torch.randn(3, 5, TINY_D_FF, generator=torch.Generator().manual_seed(2))
+    r = route([0, 2], [[3, 9, 40, 77, 100], [1, 2, 3, 4, 127]], [1, 2])  # two edits, each with its own columns
+    first = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    with torch.no_grad(), layer.applying(r, first) as resolved:
         y = layer(x)
-        step = layer(x[:, -1:])  # a decode step reuses the route and acts everywhere
-        layer.end()
-    add = x[..., cols] @ w[:, cols].T
-    active = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)  # from the last prompt token on
-    want = base + add * active.unsqueeze(-1)
+        step = layer(x[:, -1:])  # a decode step: the same route, every position is an answer token
+    assert resolved == [r]
+    want = expected(layer, x, r, first.float())
     assert torch.allclose(y, want, atol=1e-5)
-    assert torch.equal(y[~active], base[~active])  # before the last prompt token: bit-identical
-    assert torch.allclose(step, layer.base(x[:, -1:]) + add[:, -1:], atol=1e-5)
-    # disabled: exactly the base layer
-    layer.enabled = False
+    base = layer.base_layer(x)
+    assert torch.equal(y[~first], base[~first])  # before the answer: bit-identical
+    assert torch.equal(y[1], base[1])  # row 1 has no edit
+    assert torch.allclose(step, expected(layer, x[:, -1:], r, None), atol=1e-5)
+    with torch.no_grad(), layer.applying(r):  # no positions: every position of the first forward
+        assert torch.allclose(layer(x), expected(layer, x, r, None), atol=1e-5)
+
+
+def test_gather_columns_reads_each_rows_own_columns():
+    x = torch.arange(2 * 3 * 6, dtype=torch.float32).view(2, 3, 6)
+    cols = torch.tensor([[0, 5], [2, 3]])
+    got = gather_columns(x, cols)
+    assert torch.equal(got[0], x[0][:, [0, 5]]) and torch.equal(got[1], x[1][:, [2, 3]])
+
+
+def test_a_router_is_called_once_on_the_first_forwards_key_tokens():
+    layer = ResidualMemoryLayer(nn.Linear(16, 8), 16, 8)
+    x = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))
+    key = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    calls = []
+    r = Route(torch.tensor([1]), torch.tensor([[0, 3, 5]]), torch.randn(1, 8, 3), [7])
+
+    def router(pooled):
+        calls.append(pooled)
+        return r
+
+    with torch.no_grad(), layer.applying(router, key.clone(), key) as resolved:
+        assert resolved == []
+        y = layer(x)
+        assert resolved == [r]
+        layer(x[:, -1:])
+        layer(x[:, -1:])
+    assert len(calls) == 1  # decode steps reuse the route
+    assert torch.allclose(calls[0], TopHashFingerprinter.pool(x, key))
+    assert torch.allclose(calls[0][0], x[0, 1:3].mean(0))
+    want = layer.base_layer(x)
+    want[1] += (x[1][:, [0, 3, 5]] @ r.weight[0].T) * key[1].unsqueeze(-1)
+    assert torch.allclose(y, want, atol=1e-6)
+
+
+def test_shape_errors_are_invalid_input():
+    layer = ResidualMemoryLayer(nn.Linear(16, 8), 16, 8)
+    x = torch.randn(1, 5, 16)
+    with layer.applying(lambda p: Route.empty(2, 8, "cpu")):  # a router without the key mask
+        with pytest.raises(InvalidInputError, match="key mask"):
+            layer(x)
+    with layer.applying(lambda p: Route.empty(2, 8, "cpu"), None, torch.ones(1, 3, dtype=torch.bool)):
+        with pytest.raises(InvalidInputError, match="key mask"):
+            layer(x)
+    r = Route(torch.tensor([0]), torch.tensor([[1, 2]]), torch.ones(1, 8, 2), [1])
+    with layer.applying(r, torch.ones(1, 3, dtype=torch.bool)):
+        with pytest.raises(InvalidInputError, match="positions"):
+            layer(x)
+
+
+# --- switches -----------------------------------------------------------------------------------------------------
+def test_disabled_capture_and_applying_nest_and_restore_even_on_errors():
+    layer = ResidualMemoryLayer(nn.Linear(16, 8), 16, 8)
+    x = torch.randn(1, 3, 16)
+    r = Route(torch.tensor([0]), torch.tensor([[1, 2]]), torch.ones(1, 8, 2), [1])
+    base = layer.base_layer(x)
+    with torch.no_grad(), layer.applying(r):
+        assert not torch.equal(layer(x), base)
+        with layer.disabled():
+            assert torch.equal(layer(x), base)
+            with layer.disabled():
+                pass
+            assert torch.equal(layer(x), base)  # the inner block restored "disabled", not "enabled"
+        assert not torch.equal(layer(x), base)
+        with pytest.raises(RuntimeError):
+            with layer.disabled():
+                raise RuntimeError
+        assert not torch.equal(layer(x), base)
+        with layer.capture() as outer:
+            layer(x)
+            with layer.capture() as inner:
+                layer(x[:, :2])
+            layer(x[:, :1])
+        assert [t.shape[1] for t in outer] == [3, 1] and [t.shape[1] for t in inner] == [2]
+        assert not outer[0].requires_grad and torch.equal(outer[0], x)
+        with pytest.raises(RuntimeError):
+            with layer.applying(Route.empty(2, 8, "cpu")):
+                raise RuntimeError
+        assert not torch.equal(layer(x), base)  # the outer route is back
     with torch.no_grad():
         assert torch.equal(layer(x), base)
+    assert layer._captured is None and layer._route is None and layer._router is None
 
 
-def test_train_slot_reads_the_edit_columns_on_every_row():
-    from sam.core.model_layers import TrainSlot
-
-    model = tiny("llama").requires_grad_(False)  # frozen, as load_model leaves it
+def test_trainable_reads_each_rows_edit_and_only_the_delta_learns():
+    model = tiny("llama")
     layer, _ = attach_memory(model, 2)
-    layer.add_expert()
-    cols = torch.tensor([1, 2, 5])
-    delta = nn.Parameter(torch.randn(layer.out_features, 3))
-    layer.train_slot = TrainSlot(0, cols, delta)
-    x = torch.randn(2, 4, layer.in_features)
-    y = layer(x)
-    assert torch.allclose(y, layer.base(x) + x[..., cols] @ delta.T, atol=1e-5)
+    cols = torch.tensor([[1, 2, 5], [7, 8, 9]])
+    delta = nn.Parameter(torch.randn(2, D_MODEL, 3, generator=torch.Generator().manual_seed(4)))
+    row_edit = torch.tensor([0, 1, 1])
+    positions = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    x = torch.randn(3, 4, TINY_D_FF)
+    with layer.trainable(TrainSlot(cols, delta, row_edit, positions)):
+        y = layer(x)
+    want = layer.base_layer(x).clone()
+    for b, e in enumerate(row_edit.tolist()):
+        want[b] += (x[b][:, cols[e]] @ delta[e].T) * positions[b].unsqueeze(-1)
+    assert torch.allclose(y, want, atol=1e-5)
     y.sum().backward()
-    assert delta.grad is not None and delta.grad.abs().sum() > 0  # the delta, and only it, trains
+    assert delta.grad is not None and delta.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.parameters())
+    with layer.trainable(TrainSlot(cols, delta, row_edit)), torch.no_grad():  # no positions: everywhere
+        full = layer(x)
+    assert not torch.equal(full[:, 0], layer.base_layer(x)[:, 0])
+    with torch.no_grad(), layer.trainable(TrainSlot(cols, delta, row_edit)), layer.disabled():
+        assert torch.equal(layer(x), layer.base_layer(x))  # disabled wins over training
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base_layer(x))  # the slot ended with its block
 
 
+def test_a_batch_routed_as_a_whole_equals_each_row_alone():
+    """Row independence: a row's output does not depend on which other rows are in the batch or routed."""
+    layer, _ = attach_memory(tiny("gpt2"), 1)
+    x = torch.randn(4, 6, TINY_D_FF, generator=torch.Generator().manual_seed(8))
+    r = route([0, 1, 3], [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]], [10, 11, 12])
+    with torch.no_grad():
+        with layer.applying(r):
+            together = layer(x)
+        for a, b in enumerate(r.rows.tolist()):
+            one = Route(torch.tensor([0]), r.cols[a: a + 1], r.weight[a: a + 1], [r.edit_ids[a]])
+            with layer.applying(one):
+                assert torch.allclose(layer(x[b: b + 1])[0], together[b], atol=1e-6)
+        assert torch.equal(layer(x[2:3])[0], together[2])
+
+
+# --- attaching ------------------------------------------------------------------------------------------------
 def test_attach_is_idempotent_and_finds_the_site():
     model = tiny("llama")
     a, site = attach_memory(model, 1)
     b, _ = attach_memory(model, 1)
     assert a is b
-    assert site.name == "model.layers.1.mlp.down_proj" and site.index == 1
+    assert site.name == "model.layers.1.mlp.down_proj" and site.index == 1 and site.layers is model.model.layers
     assert model.get_submodule(site.name) is a
     gpt = tiny("gpt2")
     assert find_site(gpt, 1).name == "transformer.h.1.mlp.c_proj"  # not attn.c_proj
@@ -127,47 +244,80 @@ def test_find_site_refuses_a_missing_layer(layer):
         find_site(tiny("llama"), layer)
 
 
-def test_set_expert_checks_the_shape():
-    layer = ResidualMemoryLayer(nn.Linear(16, 8), 16, 8)
-    with pytest.raises(InvalidInputError):
-        layer.set_expert(0, torch.zeros(16, 8))
-    layer.set_expert(2, torch.ones(8, 16))  # opens experts 0..2
-    assert layer.num_experts == 3 and layer.memory[:2].abs().sum() == 0 and layer.memory[2].sum() == 128
-
-
-def test_begin_checks_the_prompt_mask_shape():
-    layer = ResidualMemoryLayer(nn.Linear(16, 8), 16, 8)
-    layer.add_expert()
-    layer.router = router_for([0], torch.arange(4))
-    layer.begin(torch.ones(1, 3, dtype=torch.bool))
-    with pytest.raises(InvalidInputError, match="prompt mask"):
-        layer(torch.randn(1, 5, 16))
-
-
-def test_memoir_block_runs_the_models_own_layer():
+def test_attach_refuses_a_module_it_cannot_wrap():
     model = tiny("llama")
-    x = ids(3, (2, 6))
-    with torch.no_grad():
-        before = model(input_ids=x).logits
-    block = MEMOIRTransformerBlock(model, 1)
-    assert block.block is model.model.layers[1]
-    assert isinstance(block.block.mlp.down_proj, ResidualMemoryLayer) and block.memory is block.block.mlp.down_proj
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=x).logits, before)
+    model.model.layers[0].mlp.down_proj = nn.Identity()
+    with pytest.raises(InvalidInputError, match="Identity"):
+        attach_memory(model, 0)
 
 
-def test_opening_experts_keeps_the_others_and_starts_at_zero():
-    model = tiny("llama").requires_grad_(False)
-    layer, _ = attach_memory(model, 2)
-    weights = []
-    for e in range(20):  # past two doublings of the spare buffer (8, 16, 32)
-        assert layer.add_expert() == e
-        assert not layer.memory[e].any()
-        w = torch.randn(layer.out_features, layer.in_features)
-        layer.set_expert(e, w)
-        weights.append(w)
-    assert layer.memory.shape == (20, layer.out_features, layer.in_features)
-    assert all(torch.equal(layer.memory[e], w) for e, w in enumerate(weights))
-    saved = layer.memory[:3].clone()
-    layer.memory = saved  # a memory swapped in from outside is copied into a fresh buffer, not lost
-    assert layer.add_expert() == 3 and torch.equal(layer.memory[:3], saved) and not layer.memory[3].any()
+def test_the_wrapped_layer_keeps_the_models_weights_and_dtype():
+    model = tiny("llama").to(torch.bfloat16)
+    w = model.model.layers[1].mlp.down_proj.weight
+    layer, _ = attach_memory(model, 1)
+    assert layer.base_layer.weight is w
+    x = torch.randn(1, 3, TINY_D_FF, dtype=torch.bfloat16)
+    r = Route(torch.tensor([0]), torch.tensor([[1, 2]]), torch.ones(1, D_MODEL, 2), [1])  # fp32 delta
+    with torch.no_grad(), layer.applying(r):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert list(layer.parameters()) == list(layer.base_layer.parameters())  # the memory owns no weights
+
+
+# --- router ---------------------------------------------------------------------------------------------------------
+D_FF, K = 64, 8
+
+
+def fp() -> TopHashFingerprinter:
+    return TopHashFingerprinter(generate_permutation(D_FF, 0), K)
+
+
+def pooled_for(cols: torch.Tensor) -> torch.Tensor:
+    """An activation whose TopHash columns are exactly `cols` (zero background)."""
+    f = fp()
+    inv = torch.argsort(f.permutation)  # column c comes from neuron inv[c]
+    x = torch.zeros(D_FF)
+    x[inv[cols]] = torch.linspace(1.0, 2.0, len(cols))
+    return x
+
+
+def test_router_decides_by_overlap_and_threshold():
+    deltas = {1: (torch.arange(0, 8), weight(1, K)), 2: (torch.arange(8, 16), weight(2, K))}
+    reads = []
+
+    def delta(i):
+        reads.append(i)
+        return deltas[i]
+
+    router = Router(fp(), 0.5, D_MODEL, delta)
+    assert router.decide(pooled_for(torch.arange(8)).view(1, -1)) == [Decision(None, 0.0, None)]
+    router.load([1, 2], torch.stack([deltas[1][0], deltas[2][0]]))
+    assert len(router) == 2 and 1 in router and 3 not in router
+    q = torch.stack([pooled_for(torch.arange(0, 8)),  # edit 1 exactly
+                     pooled_for(torch.tensor([8, 9, 10, 11, 40, 41, 42, 43])),  # half of edit 2: at the threshold
+                     pooled_for(torch.tensor([0, 1, 2, 40, 41, 42, 43, 44])),  # 3/8 of edit 1: below
+                     pooled_for(torch.arange(40, 48))])  # nothing
+    got = router.decide(q)
+    assert got[0] == Decision(1, 1.0, 1)
+    assert got[1] == Decision(2, 0.5, 2)
+    assert got[2] == Decision(None, 0.375, 1)  # the nearest is reported, it does not fire
+    assert got[3].edit_id is None and got[3].overlap == 0.0
+    assert reads == []  # deciding reads no delta
+    r = router.route(got, "cpu")
+    assert r.rows.tolist() == [0, 1] and r.edit_ids == [1, 2] and reads == [1, 2]
+    assert torch.equal(r.cols, torch.stack([deltas[1][0], deltas[2][0]]))
+    assert torch.equal(r.weight, torch.stack([deltas[1][1], deltas[2][1]]))
+    router.remove(1)
+    assert 1 not in router and router.decide(q[:1])[0].edit_id is None
+    router.add(1, deltas[1][0])
+    assert router.decide(q[:1])[0] == Decision(1, 1.0, 1)
+    empty = router.route([Decision(None, 0.0, None)] * 3, "cpu")
+    assert empty.rows.numel() == 0 and empty.cols.shape == (0, K) and empty.weight.shape == (0, D_MODEL, K)
+
+
+def test_router_threshold_one_needs_the_exact_mask():
+    router = Router(fp(), 1.0, D_MODEL, lambda i: (torch.arange(8), weight(i, K)))
+    router.add(5, torch.arange(8))
+    near = pooled_for(torch.tensor([0, 1, 2, 3, 4, 5, 6, 9]))
+    assert router.decide(near.view(1, -1))[0] == Decision(None, 0.875, 5)
+    assert router.decide(pooled_for(torch.arange(8)).view(1, -1))[0].edit_id == 5
