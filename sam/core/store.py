@@ -188,7 +188,9 @@ class Store:
             report["fingerprinter"] = "ok" if fp is not None else "missing"
         except CorruptStoreError as exc:
             report["fingerprinter"] = str(exc)
-        report["ok"] = report["integrity"] == "ok" and not bad and report["fingerprinter"] == "ok"
+        # a bad delta of an edit not in use (reverted, superseded) is listed but harmless: repair leaves it
+        report["ok"] = report["integrity"] == "ok" and report["fingerprinter"] == "ok" and \
+            not any(b["status"] == "active" for b in bad)
         return report
 
     # --- upgrade --------------------------------------------------------------------------------------
