@@ -266,6 +266,17 @@ def test_check_reports_a_non_finite_delta(tmp_path):
     assert not report["ok"] and report["active"] == 2 and report["edits"] == 3
 
 
+def test_a_bad_delta_of_an_edit_not_in_use_is_listed_but_not_a_failure(tmp_path):
+    root = tmp_path / "store"
+    ids = make_store(root, 3)
+    corrupt_delta(root, ids[0])
+    with Store(root) as st:
+        st.set_status(ids[0], "reverted")  # what `sam repair` does with it
+        report = st.check()
+    assert report["bad_deltas"] == [{"id": ids[0], "status": "reverted", "problem": "checksum mismatch"}]
+    assert report["ok"]
+
+
 def test_check_of_a_healthy_store_and_of_a_missing_or_foreign_fingerprinter(tmp_path):
     root = tmp_path / "store"
     make_store(root)
