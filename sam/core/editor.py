@@ -28,6 +28,7 @@ from transformers import StoppingCriteria
 
 from sam.config import EditorConfig
 from sam.core.batching import PromptBatch, encode_pairs, encode_prompts
+from sam.core.failpoints import failpoint
 from sam.core.fingerprinter import TopHashFingerprinter, generate_permutation, load_permutation
 from sam.core.memory_layer import ResidualMemoryLayer, Route, attach_memory, num_layers
 from sam.core.model_loader import LoadedModel, load_model, tensor_digest
@@ -467,17 +468,20 @@ class MemoirEditor:
             if not p.outcome.finite:
                 raise EditFailedError("an edit's training diverged (non-finite loss or delta): nothing was written")
         results = []
+        failpoint("editor.commit.before")
         with store.transaction():
             for p in pending:
                 o = p.outcome
                 old = self._replaced(p)
                 if old is not None:
                     store.set_status(old, "superseded")
+                    failpoint("editor.commit.supersede")
                 edit_id = store.add_edit(prompt=p.prompt.text, question=p.prompt.question, target=p.target,
                                          cols=o.cols, delta=o.delta, source=p.source, importance=p.importance,
                                          steps=o.steps, loss=o.loss, supersedes=old)
                 results.append(EditResult(edit_id, p.prompt.text, p.target, p.success, o.steps, o.loss, p.seconds,
                                           o.accuracy, old))
+        failpoint("editor.commit.after")
         for r, p in zip(results, pending):  # the database is committed: the router follows it
             if r.supersedes is not None and r.supersedes in self.router:
                 self.router.remove(r.supersedes)
@@ -509,11 +513,14 @@ class MemoirEditor:
         if rec.status != "active":
             raise InvalidInputError(f"edit {edit_id} is already {rec.status}")
         back = None
+        failpoint("editor.revert.before")
         with store.transaction():
             store.set_status(rec.id, "reverted")
+            failpoint("editor.revert.mid")
             if rec.supersedes is not None and store.get(rec.supersedes).status == "superseded":
                 back = rec.supersedes
                 store.set_status(back, "active")
+        failpoint("editor.revert.after")
         self.router.remove(rec.id)
         if back is not None:
             self.router.add(back, store.delta(back)[0])

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sam.constants import EXPORT_FORMAT, EXPORT_VERSION
+from sam.core.failpoints import failpoint
 from sam.errors import InvalidInputError
 
 MAX_TEXT = 4000  # characters of a question or answer in a file (the model's own limit is checked later)
@@ -75,8 +76,16 @@ def write_export(path: Path, records, model: str, prompt_format: str) -> None:
     doc = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": model, "prompt_format": prompt_format,
            "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "sha256": _digest(edits),
            "edits": edits}
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, ensure_ascii=False),
-                                                              encoding="utf-8"))  # read_export reads UTF-8
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:  # UTF-8 whatever the locale: read_export reads UTF-8
+            f.write(text[: len(text) // 2])
+            f.flush()
+            failpoint("export.partial")  # killed here: half a temp file, the export file untouched
+            f.write(text[len(text) // 2:])
+
+    atomic_write(Path(path), write)
 
 
 def read_export(path: Path) -> list[ExportedEdit]:

@@ -30,6 +30,7 @@ import torch
 
 from sam.constants import (BACKUP_DIR, DB_FILE, EXPORT_FORMAT, EXPORT_VERSION, FINGERPRINTER_FILE,
                            LEGACY_MEMORY_DIR, LOCK_FILE, SCHEMA_VERSION, STORE_FILES)
+from sam.core.failpoints import failpoint
 from sam.core.fingerprinter import TopHashFingerprinter
 from sam.errors import CorruptStoreError, InvalidInputError, SamError, StoreLockedError
 from sam.memory.edit_mask_db import EditMaskDatabase, EditRecord, check_edit_id
@@ -207,6 +208,7 @@ class Store:
         backup = self.root / BACKUP_DIR / f"{DB_FILE}.v1.{time.strftime('%Y%m%d-%H%M%S')}"
         backup.parent.mkdir(exist_ok=True)
         shutil.copy2(self.db_path, backup)
+        failpoint("store.upgrade.backup")
         rows = conn.execute("SELECT id, prompt, target, source, created, importance, status, steps, loss, sparse "
                             "FROM edits ORDER BY id").fetchall()
         d_model = None
@@ -231,6 +233,7 @@ class Store:
                              "VALUES (?,?,?,?,?,?,?,?,?,NULL,?,?,?,?,?)",
                              (i, prompt, prompt.strip(), question_key(prompt), target, source, created, importance,
                               status, steps, loss, c, d, digest))
+                failpoint("store.upgrade.mid")
             conn.execute("DROP TABLE edits_v1")
             conn.execute("DROP TABLE IF EXISTS experts")
             values = {"schema": str(SCHEMA_VERSION), "upgraded_from": "1", "backup": str(backup.name),
@@ -238,6 +241,7 @@ class Store:
             if d_model is not None:
                 values["d_model"] = str(d_model)
             self.db.set_meta(values)
+        failpoint("store.upgrade.after")
         legacy = self.root / LEGACY_MEMORY_DIR
         if legacy.exists():
             self._move_to_backup(legacy, "memory.v1")

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from sam.core.failpoints import failpoint
+
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) on a temp file beside `path`, fsync it, then rename it over `path`."""
@@ -18,6 +20,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        failpoint("atomic.before_rename")
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from sam.constants import SCHEMA_VERSION
+from sam.core.failpoints import failpoint
 from sam.errors import CorruptStoreError, StoreMismatchError, UnknownEditError
 
 IDENTITY_KEYS = ("model", "layer", "d_ff", "d_model", "top_k", "fingerprinter")
@@ -163,6 +164,7 @@ class EditMaskDatabase:
 
     def set_meta(self, values: dict[str, str]) -> None:
         with self.transaction():
+            failpoint("db.meta.before")
             self.conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                                   "value = excluded.value", [(k, str(v)) for k, v in values.items()])
         self.meta.update({k: str(v) for k, v in values.items()})
@@ -186,25 +188,31 @@ class EditMaskDatabase:
             raise
         self._depth -= 1
         if outer:
+            failpoint("db.commit.before")
             self.conn.execute("COMMIT")
+            failpoint("db.commit.after")
 
     def insert_edit(self, *, prompt: str, question: str, target: str, cols: torch.Tensor, delta: torch.Tensor,
                     source: str, importance: float, steps: int, loss: float, supersedes: int | None = None) -> int:
         c, d, digest = pack(cols, delta)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self.transaction():
+            failpoint("db.insert.before")
             cur = self.conn.execute(
                 f"INSERT INTO edits({_COLUMNS[4:]}, question_key, cols, delta, checksum) VALUES "
                 "(?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
                 (prompt, question, target, source, created, float(importance), supersedes, int(steps), float(loss),
                  question_key(question), c, d, digest))
+            failpoint("db.insert.after")
             return int(cur.lastrowid)
 
     def set_status(self, edit_id: int, status: str) -> None:
         assert status in STATUSES, status
         with self.transaction():
+            failpoint("db.status.before")
             if self.conn.execute("UPDATE edits SET status = ? WHERE id = ?", (status, check_edit_id(edit_id))).rowcount != 1:
                 raise UnknownEditError(f"no edit with id {edit_id!r}")
+            failpoint("db.status.after")
 
     # --- reads ----------------------------------------------------------------------------------------
     def get(self, edit_id) -> EditRecord:
