@@ -29,23 +29,31 @@ def test_recall_task_targets_point_back_to_their_pairs():
         RecallTask(window=7)
 
 
-def test_continual_task_facts_are_fixed_per_task_and_disjoint_in_keys():
-    c = ContinualTask(n_tasks=3, keys_per_task=6, n_values=8, window=8, n_chunks=3, n_pairs=3, n_queries=4)
+def test_continual_task_facts_are_fixed_per_task_and_bindings_are_per_episode():
+    c = ContinualTask(n_tasks=3, keys_per_task=6, n_values=8, window=8, n_chunks=3, n_pairs=4, n_queries=4)
     facts = c.mapping(0)
     g = torch.Generator().manual_seed(0)
     lookup = {}
     for task in range(3):
-        for study in (True, False):
-            idx, tg, studied = c.batch(torch.full((32,), task), facts, g, study=study)
+        for mode in ("facts", "retention", "bind"):
+            idx, tg, studied = c.batch(torch.full((32,), task), facts, g, mode)
             b, p = torch.nonzero(tg >= 0, as_tuple=True)
             keys = idx[b, p]
             assert torch.all((keys - c.n_filler) // 6 == task)  # the task's own keys
+            if mode == "bind":  # the answer is the value the key was bound to earlier in the same episode
+                for bb, pp in zip(b.tolist(), p.tolist()):
+                    at = (idx[bb, : pp - 1] == idx[bb, pp]).nonzero().flatten()
+                    assert len(at) == 1 and idx[bb, at[0] + 1] == tg[bb, pp]
+                assert bool(studied[b, p].all())
+                continue
             for k, v in zip(keys.tolist(), tg[b, p].tolist()):
-                assert lookup.setdefault(k, v) == v  # a key always has the same value
-            assert bool(studied.any()) == study
-            if study:  # half of the queries were studied in the episode
-                assert studied.sum() == 32 * 2
+                assert lookup.setdefault(k, v) == v  # a key always has the same fact
+            assert int(studied.sum()) == (32 * 2 if mode == "facts" else 0)  # half the fact queries were studied
     assert torch.equal(c.mapping(0), facts) and not torch.equal(c.mapping(1), facts)
+    idx, tg, studied = c.batch(torch.zeros(8, dtype=torch.long), facts, g, "train")
+    assert studied[:4].sum() == 8 and studied[4:].sum() == 16  # 4 rows x 2, 4 rows x 4  # half facts episodes, half bind episodes
+    with pytest.raises(Exception):
+        c.batch(torch.zeros(2, dtype=torch.long), facts, g, "nope")
 
 
 def test_lifetimes_and_survival_on_a_hand_made_trace():

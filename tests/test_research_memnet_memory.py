@@ -46,16 +46,31 @@ def test_memnet_config_validation_and_round_trip():
 
 
 # ---------------------------------------------------------------------- addressing
-def test_sparse_address_keeps_exactly_the_top_k_by_cosine():
+def test_sparse_address_keeps_exactly_the_top_k_by_strength_weighted_cosine():
     torch.manual_seed(1)
     q, M = torch.randn(2, 5, 3, 4), torch.randn(2, 8, 4)
+    M[:, 0] = 1e-3 * M[:, 0] + 0.0  # a faint slot
+    M[:, 1] = 0.0  # an empty slot
     w, idx, topw = sparse_address(q, M, torch.tensor([1.0, 5.0, 20.0]), 3)
     assert w.shape == (2, 5, 3, 8)
     assert torch.all((w > 0).sum(-1) == 3)
     assert torch.allclose(w.sum(-1), torch.ones(2, 5, 3))
     cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(M, dim=-1).transpose(1, 2).unsqueeze(1)
-    third = cos.topk(3, -1).values[..., -1:]
-    assert torch.all((w > 0) == (cos >= third))  # the nonzeros are the 3 most similar slots
+    sq = M.pow(2).sum(-1)
+    score = cos * (sq / (sq + 0.25**2 * 4)).view(2, 1, 1, 8)
+    score[..., 1] = -2.0
+    third = score.topk(3, -1).values[..., -1:]
+    assert torch.all((w > 0) == (score >= third))  # the nonzeros are the 3 best strength-weighted cosines
+    assert not bool((w[..., 1] > 0).any())  # the empty slot never makes the top 3 of 8
+    # a faint slot pointing exactly at the query ranks below a strong slot at 60 degrees
+    M2 = torch.zeros(1, 4, 4)
+    M2[0, 0, 0] = 1e-2  # faint, cos 1
+    M2[0, 1, :2] = torch.tensor([2.0, 3.4])  # strong, cos 0.5
+    M2[0, 2, 1] = 2.0  # strong, cos 0
+    q2 = torch.zeros(1, 1, 1, 4)
+    q2[..., 0] = 1.0
+    _, idx2, _ = sparse_address(q2, M2, torch.tensor([10.0]), 2)
+    assert idx2.flatten().tolist() == [1, 0]
     # a larger temperature gives a sharper (lower entropy) distribution over the same slots
     ent = entropy(topw)  # (B, Q, H)
     assert torch.all(ent[..., 2] < ent[..., 0])

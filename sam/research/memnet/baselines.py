@@ -76,7 +76,8 @@ class LSTMBaseline(nn.Module):
         if state is not None and (state[0].shape[1] != idx.shape[0] or state[0].shape[2] != self.hidden):
             raise InvalidInputError(f"LSTM state has shape {tuple(state[0].shape)}, expected "
                                     f"({self.n_layer}, {idx.shape[0]}, {self.hidden})")
-        y, (h, c) = self.lstm(self.wte(idx), state)  # (B, L, hidden)
+        with torch.autocast(device_type=idx.device.type, enabled=False):  # fp32 LSTM (cuDNN), also under AMP
+            y, (h, c) = self.lstm(self.wte(idx).float(), state)  # (B, L, hidden)
         logits = self.lm_head(self.ln_f(y))  # (B, L, V)
         loss = sequence_loss(logits, targets) if targets is not None else None
         return SeqOutput(logits, (h, c), loss, {"ce": loss} if loss is not None else {})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import queue
 import time
 import traceback
 from dataclasses import asdict, replace
@@ -41,7 +41,7 @@ def presets(smoke: bool) -> tuple[RecallSettings, ContinualSettings]:
                              size=size, batch=4, steps=3, lr=2e-3, eval_batches=1, eval_batch=8, long_chunks=4,
                              probes=2, probe_batch=2, probe_episodes=2)
         con = ContinualSettings(task=ContinualTask(n_tasks=2, keys_per_task=3, n_values=4, n_filler=4, window=8,
-                                                   n_chunks=2, n_pairs=1, n_queries=2),
+                                                   n_chunks=2, n_pairs=2, n_queries=2),
                                 size=size, batch=4, steps_per_task=2, lr=2e-3, eval_batches=1)
         return rec, con
     return RecallSettings(), ContinualSettings()
@@ -74,7 +74,7 @@ def _calibrate(job: dict, device: str) -> float:
         if job["experiment"] == "recall":
             idx, targets, _, _ = task.batch(S.batch, g)
         else:
-            idx, targets, _ = task.batch(torch.zeros(S.batch, dtype=torch.long), task.mapping(0), g)
+            idx, targets, _ = task.batch(torch.zeros(S.batch, dtype=torch.long), task.mapping(0), g, "train")
         with autocast(device):
             out = model(idx.to(device), targets=targets.to(device))
         opt.zero_grad()
@@ -104,18 +104,23 @@ def _fit_steps(calib: dict, jobs: list, budget: float, rec: RecallSettings, con:
     """Largest step counts (capped at the presets) such that the slowest job of each experiment fits the budget.
     Recall jobs also spend ~10% on probes and evaluation; a continual job trains 2 x n_tasks x steps_per_task
     (sequential, then joint, in separate jobs that run at the same time) plus its evaluations."""
-    t_rec = max((calib[j["id"]] for j in jobs if j["experiment"] == "recall"), default=0.0)
-    t_con = max((calib[j["id"]] for j in jobs if j["experiment"] == "continual"), default=0.0)
-    s1 = rec.steps if not t_rec else max(50, min(rec.steps, int(0.85 * budget / t_rec)))
+    t_rec = max((calib[j["id"]] for j in jobs if j["experiment"] == "recall" and j["id"] in calib), default=0.0)
+    t_con = max((calib[j["id"]] for j in jobs if j["experiment"] == "continual" and j["id"] in calib), default=0.0)
+    s1 = rec.steps if not t_rec else min(rec.steps, max(50, int(0.85 * budget / t_rec)))
     s2 = con.steps_per_task if not t_con else \
-        max(20, min(con.steps_per_task, int(0.85 * budget / (con.task.n_tasks * t_con))))
+        min(con.steps_per_task, max(20, int(0.85 * budget / (con.task.n_tasks * t_con))))
     return s1, s2
 
 
-def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out_dir: Path, console) -> tuple[list, dict]:
+def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out_dir: Path, console,
+             deadline: Optional[float] = None) -> tuple[list, dict]:
+    """Runs the jobs (in-process when workers == 1 and no budget, else one process per job). A job that fails is
+    recorded in info["errors"]; with `deadline` (seconds from now) jobs still running then are stopped and listed
+    in info["unfinished"], so that what did finish still gets aggregated."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    results, info = [], {}
+    results, info = [], {"errors": {}, "unfinished": []}
+    t_end = time.monotonic() + deadline if deadline else None
     jsonl = out_dir / "memnet_jobs.jsonl"
     jsonl.write_text("")
 
@@ -131,7 +136,11 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
         if workers <= 1 and not budget:
             for job in jobs:
                 prog.update(bar, description=f"{job['experiment']} {job['model']} seed {job['seed']}")
-                record(_run(job, device))
+                try:
+                    record(_run(job, device))
+                except Exception:  # noqa: BLE001 - recorded, the run goes on, main() exits non-zero
+                    info["errors"][str(job["id"])] = traceback.format_exc()
+                    console.log(f"job {job['id']} failed:\n{info['errors'][str(job['id'])]}")
                 prog.advance(bar)
             return results, info
         import torch.multiprocessing as mp
@@ -145,40 +154,67 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
         for p in procs:
             p.start()
         try:
+            pending = {j["id"] for j in jobs}
+
+            def get():
+                left = None if t_end is None else t_end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError
+                kind, jid, val = q.get(timeout=left if left is not None else 3600)
+                if kind == "error":
+                    info["errors"][str(jid)] = val
+                    pending.discard(jid)
+                    console.log(f"job {jid} failed:\n{val}")
+                return kind, jid, val
+
             if budget:
                 prog.update(bar, description="timing a few steps of every job together")
                 calib = {}
-                while len(calib) < len(jobs):
-                    kind, jid, val = q.get(timeout=900)
-                    if kind == "error":
-                        raise RuntimeError(f"job {jid} failed:\n{val}")
-                    calib[jid] = val
+                try:
+                    while len(calib) < len(pending):
+                        kind, jid, val = get()
+                        if kind == "calib":
+                            calib[jid] = val
+                except (TimeoutError, queue.Empty):
+                    info["unfinished"] = sorted(pending)
+                    console.log("deadline reached while timing the jobs: nothing was trained")
+                    return results, info
                 rec = next((j["settings"] for j in jobs if j["experiment"] == "recall"), None)
                 con = next((j["settings"] for j in jobs if j["experiment"] == "continual"), None)
                 s1, s2 = _fit_steps(calib, jobs, budget, rec or RecallSettings(), con or ContinualSettings())
                 steps[0], steps[1] = s1, s2
-                info = dict(calibration_s_per_step={str(k): v for k, v in calib.items()}, recall_steps=s1,
+                info.update(calibration_s_per_step={str(k): v for k, v in calib.items()}, recall_steps=s1,
                             steps_per_task=s2, budget_s=budget)
                 console.log(f"concurrent step times (ms): " + ", ".join(
                     f"{j['experiment'][:3]}/{j['model']}/{j['seed']}{'/' + j['mode'][:3] if 'mode' in j else ''}="
-                    f"{1e3 * calib[j['id']]:.0f}" for j in jobs) + f" -> recall steps {s1}, steps per task {s2}")
+                    f"{1e3 * calib[j['id']]:.0f}" for j in jobs if j["id"] in calib)
+                    + f" -> recall steps {s1}, steps per task {s2}")
                 go.set()
             prog.update(bar, description="training")
-            done = 0
-            while done < len(jobs):
-                kind, jid, val = q.get(timeout=3600)
-                if kind == "error":
-                    raise RuntimeError(f"job {jid} failed:\n{val}")
+            while pending:
+                try:
+                    kind, jid, val = get()
+                except (TimeoutError, queue.Empty):
+                    info["unfinished"] = sorted(pending)
+                    console.log(f"deadline reached: stopping {len(pending)} unfinished jobs {sorted(pending)}")
+                    break
+                if kind != "done":
+                    prog.advance(bar)
+                    continue
+                pending.discard(jid)
                 record(val)
-                done += 1
                 prog.advance(bar)
-                prog.update(bar, description=f"done: {val['experiment']} {val['model']} seed {val['seed']} "
-                                             f"({val['train_s']:.0f}s)")
+                console.log(f"done: {val['experiment']} {val['model']} seed {val['seed']}"
+                            f"{' ' + val['mode'] if 'mode' in val else ''} ({val['train_s']:.0f}s training)")
         finally:
+            stop = bool(info["unfinished"])
             for p in procs:
-                p.join(timeout=5)
-                if p.is_alive():
+                if stop and p.is_alive():
                     p.terminate()
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
     return results, info
 
 
@@ -312,7 +348,8 @@ def print_tables(summary: dict, console, seeds: int) -> None:
         console.print(t)
         for key, title in (("eval", f"trained length, {rec['chunks']} chunks of W={W}"),
                            ("eval_long", f"{rec['long_chunks']} chunks (longer than trained)")):
-            bins = rec["models"]["memnet"][key]["bins"]
+            first = next(iter(rec["models"].values()))
+            bins = first[key]["bins"]
             t = Table(title=f"Experiment 1: recall accuracy % by distance ({title}), {seeds} seeds, mean ± std")
             t.add_column("model")
             for b in bins:
@@ -387,6 +424,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="recall training steps (overrides the preset)")
     p.add_argument("--steps-per-task", type=int, default=None, help="continual steps per task (overrides the preset)")
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--eval-batches", type=int, default=None, help="evaluation batches (overrides the preset)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds after which unfinished jobs are stopped and the finished ones reported")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training per job: time a few steps of all jobs together and shrink the step "
                         "counts (same for every model) to fit")
@@ -404,6 +444,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         con = replace(con, steps_per_task=a.steps_per_task)
     if a.batch:
         rec, con = replace(rec, batch=a.batch), replace(con, batch=a.batch)
+    if a.eval_batches:
+        rec, con = replace(rec, eval_batches=a.eval_batches), replace(con, eval_batches=a.eval_batches)
     exps = [e.strip() for e in a.experiments.split(",") if e.strip()]
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [e for e in exps if e not in ("recall", "continual")] + [m for m in models if m not in MODELS]
@@ -434,10 +476,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     console.log("parameters: " + "; ".join(f"{e}: " + ", ".join(f"{m} {v['params']:,}" for m, v in s.items())
                                            for e, s in specs.items()) + f"  | device {device}, {len(jobs)} jobs")
     try:
-        results, info = run_jobs(jobs, device, workers, a.time_budget, out_dir, console)
+        results, info = run_jobs(jobs, device, workers, a.time_budget, out_dir, console, a.deadline)
     finally:
         torch.set_num_threads(n_threads)
-    if info:
+    if "recall_steps" in info:
         rec, con = replace(rec, steps=info["recall_steps"]), replace(con, steps_per_task=info["steps_per_task"])
     summary = aggregate(results, rec, con)
     result = dict(command="sam bench memnet " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
@@ -459,6 +501,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     (out_dir / "memnet_bench.json").write_text(json.dumps(result, indent=1, default=float))
     print_tables(summary, console, a.seeds)
     console.print(f"wall {result['wall_s']:.0f}s -> {out_dir / 'memnet_bench.json'}, {', '.join(files)}")
+    if info["errors"] or info["unfinished"]:
+        console.print(f"[red]{len(info['errors'])} jobs failed, {len(info['unfinished'])} unfinished: "
+                      f"the tables above lack them[/red]")
+        return 1
     return 0
 
 

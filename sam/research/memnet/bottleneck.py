@@ -1,8 +1,10 @@
 """SemanticBottleneck: compress the controller state before it is written.
 
-    v_t = W_2 GELU(W_1 LN(h_t) + b_1) + b_2,    W_1: d -> b (b << d), W_2: b -> H_w * D
+    v_t = LN_0(W_2 GELU(W_1 LN(h_t) + b_1) + b_2),    W_1: d -> b (b << d), W_2: b -> H_w * D
 
 Everything written to memory passes through the b-wide code, so a slot can only hold what survives the compression.
+The output LayerNorm (no affine, per head) fixes |v| ~ sqrt(D): how strongly a slot holds content is then set by the
+write gate and the decay, not by the scale of the code.
 """
 
 from __future__ import annotations
@@ -26,4 +28,5 @@ class SemanticBottleneck(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, T, d) -> write values (B, T, Hw, D)."""
         B, T, _ = h.shape
-        return self.up(F.gelu(self.down(self.ln(h)))).view(B, T, self.n_write_heads, self.slot_dim)
+        v = self.up(F.gelu(self.down(self.ln(h)))).view(B, T, self.n_write_heads, self.slot_dim)
+        return F.layer_norm(v, (self.slot_dim,))

@@ -37,14 +37,16 @@ class MemoryConfig:
     age_bias: float = 0.5  # lambda_age in the allocation score usage - lambda_age * age / (1 + age)
     init_decay_bias: float = 5.0  # decay gate starts at sigmoid(5) = 0.993 per memory step
     init_temperature: float = 10.0  # beta: sharpness of the cosine softmax over the top-k slots
+    strength_scale: float = 0.25  # tau / sqrt(D) in the slot strength rho = |M|^2 / (|M|^2 + tau^2)
 
     def __post_init__(self) -> None:
         _positive(self, "n_slots", "slot_dim", "n_read_heads", "n_write_heads", "top_k")
         if self.top_k > self.n_slots:
             raise InvalidInputError(f"MemoryConfig.top_k ({self.top_k}) cannot exceed n_slots ({self.n_slots})")
         _unit(self, "usage_decay")
-        if self.read_usage_weight < 0 or self.age_bias < 0 or self.init_temperature <= 0:
-            raise InvalidInputError("read_usage_weight and age_bias must be >= 0 and init_temperature > 0")
+        if self.read_usage_weight < 0 or self.age_bias < 0 or self.init_temperature <= 0 or self.strength_scale <= 0:
+            raise InvalidInputError("read_usage_weight and age_bias must be >= 0, init_temperature and "
+                                    "strength_scale > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

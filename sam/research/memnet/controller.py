@@ -25,13 +25,19 @@ import torch.nn.functional as F
 from .config import MemNetConfig
 
 
+_ROPE_CACHE: dict = {}
+
+
 def rope(x: torch.Tensor) -> torch.Tensor:
     """Rotary position code on (B, nh, T, hs): pairs (x_i, x_{i+hs/2}) at position t are rotated by the angle
     t / 10000^(2i/hs). Attention scores then depend on relative positions only; no parameters."""
     T, hs = x.shape[-2], x.shape[-1]
-    inv = torch.exp(torch.arange(0, hs // 2, device=x.device, dtype=torch.float32) * (-2.0 * math.log(10000.0) / hs))
-    ang = torch.arange(T, device=x.device, dtype=torch.float32).unsqueeze(1) * inv  # (T, hs/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    key = (T, hs, x.device, x.dtype)
+    if key not in _ROPE_CACHE:  # the angles depend on the shape only: computed once per shape, device and dtype
+        inv = torch.exp(torch.arange(0, hs // 2, device=x.device, dtype=torch.float32) * (-2.0 * math.log(10000.0) / hs))
+        ang = torch.arange(T, device=x.device, dtype=torch.float32).unsqueeze(1) * inv  # (T, hs/2)
+        _ROPE_CACHE[key] = (ang.cos().to(x.dtype), ang.sin().to(x.dtype))
+    cos, sin = _ROPE_CACHE[key]
     x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 

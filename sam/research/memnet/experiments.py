@@ -36,14 +36,17 @@ class ModelSize:
     n_read_heads: int = 2
     n_write_heads: int = 1
     top_k: int = 4
+    init_temperature: float = 30.0  # sharper initial reads than MemoryConfig's default (single-seed dev comparison)
+    read_entropy_weight: float = 0.0
 
 
 @dataclass
 class RecallSettings:
-    task: RecallTask = field(default_factory=RecallTask)
+    task: RecallTask = field(default_factory=lambda: RecallTask(n_filler=16, n_keys=16, n_values=16, window=16,
+                                                                n_chunks=8, n_pairs=6))
     size: ModelSize = field(default_factory=ModelSize)
-    batch: int = 128
-    steps: int = 3000
+    batch: int = 256
+    steps: int = 4000
     lr: float = 2e-3
     eval_batches: int = 16
     eval_batch: int = 256
@@ -57,7 +60,7 @@ class RecallSettings:
 class ContinualSettings:
     task: ContinualTask = field(default_factory=ContinualTask)
     size: ModelSize = field(default_factory=ModelSize)
-    batch: int = 128
+    batch: int = 256
     steps_per_task: int = 400
     lr: float = 2e-3
     eval_batches: int = 4
@@ -65,9 +68,10 @@ class ContinualSettings:
 
 def memnet_config(vocab_size: int, window: int, s: ModelSize) -> MemNetConfig:
     return MemNetConfig(vocab_size=vocab_size, d_model=s.d_model, n_layer=s.n_layer, n_head=s.n_head, window=window,
-                        bottleneck_dim=s.bottleneck_dim,
+                        bottleneck_dim=s.bottleneck_dim, read_entropy_weight=s.read_entropy_weight,
                         memory=MemoryConfig(n_slots=s.n_slots, slot_dim=s.slot_dim, n_read_heads=s.n_read_heads,
-                                            n_write_heads=s.n_write_heads, top_k=s.top_k))
+                                            n_write_heads=s.n_write_heads, top_k=s.top_k,
+                                            init_temperature=s.init_temperature))
 
 
 def model_specs(vocab_size: int, window: int, s: ModelSize) -> dict:
@@ -220,11 +224,11 @@ def _clone(state):
 
 
 @torch.no_grad()
-def _continual_eval(model, S: ContinualSettings, facts, seed: int, task_id: int, state, device, study: bool) -> float:
+def _continual_eval(model, S: ContinualSettings, facts, seed: int, task_id: int, state, device, mode: str) -> float:
     g = torch.Generator().manual_seed(90_000 + 100 * seed + task_id)  # same episodes for every model and stage
     hits = n = 0
     for _ in range(S.eval_batches):
-        idx, targets, _ = S.task.batch(torch.full((S.batch,), task_id), facts, g, study=study)
+        idx, targets, _ = S.task.batch(torch.full((S.batch,), task_id), facts, g, mode)
         with autocast(device):
             out = model(idx.to(device), state=_clone(state))
         pred = out.logits.argmax(-1).cpu()
@@ -236,11 +240,12 @@ def _continual_eval(model, S: ContinualSettings, facts, seed: int, task_id: int,
 
 def _eval_row(model, S, facts, seed, state, device, stateful: bool) -> dict:
     T = S.task.n_tasks
-    row = dict(retention=[_continual_eval(model, S, facts, seed, j, state, device, False) for j in range(T)],
-               in_context=[_continual_eval(model, S, facts, seed, j, state, device, True) for j in range(T)])
+    row = dict(retention=[_continual_eval(model, S, facts, seed, j, state, device, "retention") for j in range(T)],
+               in_context=[_continual_eval(model, S, facts, seed, j, state, device, "bind") for j in range(T)])
     if stateful:  # the same weights with a fresh memory / recurrent state at test time
         fresh = _reset(model, S.batch, device)
-        row["retention_reset"] = [_continual_eval(model, S, facts, seed, j, fresh, device, False) for j in range(T)]
+        row["retention_reset"] = [_continual_eval(model, S, facts, seed, j, fresh, device, "retention")
+                                  for j in range(T)]
     return row
 
 
@@ -265,7 +270,7 @@ def continual_job(name: str, seed: int, S: ContinualSettings, device, mode: str 
     if mode == "sequential":
         for t in range(T):
             def batch_fn(step, t=t):
-                idx, targets, _ = task.batch(torch.full((S.batch,), t), facts, g)
+                idx, targets, _ = task.batch(torch.full((S.batch,), t), facts, g, "train")
                 return idx.to(device), targets.to(device)
 
             state, log = train(model, batch_fn, S.steps_per_task, S.lr, device, carry_state=stateful, state=state,
@@ -274,7 +279,7 @@ def continual_job(name: str, seed: int, S: ContinualSettings, device, mode: str 
             rows.append(_eval_row(model, S, facts, seed, state, device, stateful))
     elif mode == "joint":
         def batch_fn(step):
-            idx, targets, _ = task.batch(torch.randint(0, T, (S.batch,), generator=g), facts, g)
+            idx, targets, _ = task.batch(torch.randint(0, T, (S.batch,), generator=g), facts, g, "train")
             return idx.to(device), targets.to(device)
 
         state, log = train(model, batch_fn, T * S.steps_per_task, S.lr, device, carry_state=stateful, state=state,

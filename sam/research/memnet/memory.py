@@ -6,8 +6,8 @@ and processes exactly as long as the caller keeps it; `reset()` gives an empty o
 
 One memory step (one chunk of T tokens, all tokens and heads at once, no Python loop over slots or heads):
 
-    address   w = scatter(topk_k(cos(q, M)), softmax(beta * topk cos))        # (B, T, H, N), k nonzeros per row
-                                                                              # (empty slots rank last)
+    strength  rho_i = |M_i|^2 / (|M_i|^2 + tau^2)                             # faint or empty slots ~0
+    address   s = rho * cos(q, M);  w = scatter(topk_k(s), softmax(beta * topk s))   # (B, T, H, N), k nonzeros
     read      r_h = LayerNorm(sum_i w_hi M_i)                                # from the state before this step's writes
     allocate  slots a_1..a_{T*Hw} = the T*Hw smallest of  u_i - lambda_age * age_i / (1 + age_i)   (LRU, stale first)
     address   w_t = c_t * content_t + (1 - c_t) * onehot(a_t)                 # content update vs. fresh slot
@@ -33,7 +33,7 @@ from sam.errors import InvalidInputError, StoreMismatchError
 from .config import MemoryConfig
 
 _EPS = 1e-8
-_EMPTY = -2.0  # address score of an empty slot: below every cosine, so a slot with content always ranks first
+_EMPTY = -2.0  # address score of an empty slot: below every other score, so a slot with content ranks first
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:
@@ -68,22 +68,35 @@ class MemoryState:
         return {"memory": self.memory, "usage": self.usage, "age": self.age}
 
 
-def sparse_address(queries: torch.Tensor, memory: torch.Tensor, beta: torch.Tensor, k: int):
-    """Top-k cosine addressing. queries (B, Q, H, D), memory (B, N, D), beta (H,).
+def slot_strength(memory: torch.Tensor, scale: float) -> torch.Tensor:
+    """rho_i = |M_i|^2 / (|M_i|^2 + tau^2), tau = scale * sqrt(D): ~1 for a slot written at full gate (writes are
+    LayerNorm-ed, |v| ~ sqrt(D)), ~0 for a faint, decayed or empty one. (B, N)"""
+    tau2 = (scale * scale) * memory.shape[-1]
+    sq = memory.pow(2).sum(-1)
+    return sq / (sq + tau2)
 
-    w_qhi = softmax_{j in topk}(beta_h s_qhj)_i for i in topk(s_qh), else 0,  s_qhj = cos(q_qh, M_j), or -2 for an
-    empty (all-zero) slot, so reads and content writes go to slots with content first (an empty slot has no
-    direction, and a read of it would carry no gradient back to what was written).
-    Returns dense weights (B, Q, H, N) with exactly k nonzeros per row (ties at zero included), the top-k indices
-    (B, Q, H, k) and their weights (B, Q, H, k)."""
+
+def sparse_address(queries: torch.Tensor, memory: torch.Tensor, beta: torch.Tensor, k: int,
+                   strength_scale: float = 0.25):
+    """Top-k cosine addressing, weighted by slot strength. queries (B, Q, H, D), memory (B, N, D), beta (H,).
+
+    s_qhj = rho_j cos(q_qh, M_j)  (rho: slot_strength; -2 for an empty, all-zero slot, so it ranks last)
+    w_qhi = softmax_{j in topk(s_qh)}(beta_h s_qhj)_i for i in topk(s_qh), else 0.
+    Without the strength factor, slots that only ever received faint writes (filler tokens with a closed gate) have
+    as much say in the ranking as real content, and crowd it out of the top-k (measured in development: the read
+    almost never reached the slot its pair had written). Decay gates act on retrieval through rho.
+    Returns dense weights (B, Q, H, N) with exactly k nonzeros per row, the top-k indices (B, Q, H, k) and their
+    weights (B, Q, H, k)."""
     qn = F.normalize(queries, dim=-1, eps=_EPS)
     mn = F.normalize(memory, dim=-1, eps=_EPS)
-    cos = torch.einsum("bqhd,bnd->bqhn", qn, mn)  # (B, Q, H, N)
+    B, Q, H, D = queries.shape
+    cos = torch.bmm(qn.reshape(B, Q * H, D), mn.transpose(1, 2)).view(B, Q, H, -1)  # (B, Q, H, N)
+    score = cos * slot_strength(memory, strength_scale)[:, None, None, :]  # (B, Q, H, N)
     empty = memory.detach().abs().amax(-1) == 0  # (B, N) slots never written hold no content to match
-    cos = cos.masked_fill(empty[:, None, None, :], _EMPTY)
-    top, idx = cos.topk(k, dim=-1)  # (B, Q, H, k)
+    score = score.masked_fill(empty[:, None, None, :], _EMPTY)
+    top, idx = score.topk(k, dim=-1)  # (B, Q, H, k)
     w = torch.softmax(beta.view(1, 1, -1, 1) * top, dim=-1)  # (B, Q, H, k)
-    dense = torch.zeros_like(cos).scatter(-1, idx, w)  # (B, Q, H, N)
+    dense = torch.zeros_like(score).scatter(-1, idx, w)  # (B, Q, H, N)
     return dense, idx, w
 
 
@@ -128,8 +141,10 @@ class MultiHeadMemoryBank(nn.Module):
     # ------------------------------------------------------------------ operations
     def read(self, state: MemoryState, keys: torch.Tensor):
         """keys (B, T, Hr, D) -> LayerNorm-ed read vectors (B, T, Hr, D) and dense read weights (B, T, Hr, N)."""
-        w, _, _ = sparse_address(keys, state.memory, self.log_beta_read.exp(), self.config.top_k)
-        r = torch.einsum("bthn,bnd->bthd", w, state.memory)  # (B, T, Hr, D)
+        w, _, _ = sparse_address(keys, state.memory, self.log_beta_read.exp(), self.config.top_k,
+                                 self.config.strength_scale)
+        B, T, H, N = w.shape
+        r = torch.bmm(w.reshape(B, T * H, N), state.memory).view(B, T, H, -1)  # (B, T, Hr, D)
         return self.read_ln(r), w
 
     def allocation(self, usage: torch.Tensor, age: torch.Tensor, n: int) -> torch.Tensor:
@@ -154,14 +169,14 @@ class MultiHeadMemoryBank(nn.Module):
         c = self.config
         B, T, Hw = gate.shape
         M = state.memory  # (B, N, D)
-        cw, _, _ = sparse_address(keys, M, self.log_beta_write.exp(), c.top_k)  # (B, T, Hw, N)
+        cw, _, _ = sparse_address(keys, M, self.log_beta_write.exp(), c.top_k, c.strength_scale)  # (B, T, Hw, N)
         slots = self.allocation(state.usage, state.age, T * Hw)  # (B, T*Hw)
         alloc = torch.zeros(B, T * Hw, c.n_slots, device=M.device, dtype=M.dtype)
         alloc = alloc.scatter(-1, slots.unsqueeze(-1), 1.0).view(B, T, Hw, c.n_slots)  # (B, T, Hw, N) one-hot
         w = content.unsqueeze(-1) * cw + (1.0 - content.unsqueeze(-1)) * alloc  # (B, T, Hw, N)
         m = gate.unsqueeze(-1) * w  # (B, T, Hw, N) write mass
         keep = torch.exp(torch.log1p(-(erase.unsqueeze(-1) * m).clamp(max=1.0 - 1e-6)).sum((1, 2)))  # (B, N)
-        add = torch.einsum("bthn,bthd->bnd", m, values)  # (B, N, D)
+        add = torch.bmm(m.reshape(B, T * Hw, -1).transpose(1, 2), values.reshape(B, T * Hw, -1))  # (B, N, D)
         d = self.decay_gates(state)  # (B, N)
         memory = (d * keep).unsqueeze(-1) * M + add  # (B, N, D)
         mass = m.sum((1, 2)).detach()  # (B, N)

@@ -40,7 +40,7 @@ def recall_plot(summary: dict, out: Path) -> str:
             x = np.arange(len(mu))
             ax.errorbar(x, mu, yerr=sd, marker="o", capsize=3, label=LABELS[name], color=COLORS[name],
                         linestyle="--" if name == "memnet_wiped" else "-")
-        bins = rec["models"]["memnet"][key]["bins"]
+        bins = next(iter(rec["models"].values()))[key]["bins"]
         ax.set_xticks(np.arange(len(bins)))
         ax.set_xticklabels([_bin_label(b, W) for b in bins])
         ax.axhline(1.0 / rec["n_values"], color="k", lw=0.8, ls=":", label="chance")
@@ -59,7 +59,7 @@ def recall_plot(summary: dict, out: Path) -> str:
 def continual_plot(summary: dict, out: Path) -> str:
     plt = _plt()
     cl = summary["continual"]
-    names = [n for n in ("memnet", "transformer", "lstm") if n in cl["models"]]
+    names = [n for n in ("memnet", "transformer", "lstm") if cl["models"].get(n, {}).get("sequential")]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
     im = None
     for ax, name in zip(axes[0], names):

@@ -6,11 +6,11 @@ pairs at random even positions (so a pair never straddles a chunk boundary), ran
 n_queries "QUERY key" pairs; at each query key the model must output that key's value. The distance of a query is
 the number of tokens back to its pair's value token.
 
-Continual fact learning (experiment 2): n_tasks tasks, each with its own keys_per_task keys and a fixed random
-mapping key -> value (shared value vocabulary); the task sequence shifts the input distribution (new keys) and the
-mapping. A training episode studies n_pairs facts of its task ("key value") and then queries n_queries keys of the
-task, half of them studied in the episode and half not (those must come from what the model retained). A retention
-episode is filler plus queries only.
+Continual learning (experiment 2): n_tasks tasks, each with its own keys_per_task keys (the input distribution shifts
+to new tokens) and a fixed random mapping key -> value over a shared value vocabulary (the task's facts). Training
+episodes are half "facts" (some facts studied, queries on studied and unstudied facts) and half "bind" (task keys
+bound to fresh random values for one episode, then queried: recall across the window). Tested per task: retention
+of facts (queries only, no study) and the in-context skill (bind episodes).
 """
 
 from __future__ import annotations
@@ -99,15 +99,17 @@ class ContinualTask:
     n_values: int = 16
     n_filler: int = 16
     window: int = 16
-    n_chunks: int = 4
+    n_chunks: int = 5
     n_pairs: int = 4
     n_queries: int = 4
 
     def __post_init__(self) -> None:
         if self.window % 2 or 2 * self.n_queries > self.window or self.n_queries % 2:
             raise InvalidInputError("window must be even and hold the queries; n_queries must be even")
-        if self.n_pairs + self.n_queries // 2 > self.keys_per_task or self.n_queries // 2 > self.n_pairs:
-            raise InvalidInputError("need n_queries/2 <= n_pairs and n_pairs + n_queries/2 <= keys_per_task")
+        if self.n_pairs + self.n_queries // 2 > self.keys_per_task or self.n_queries > self.n_pairs:
+            raise InvalidInputError("need n_queries <= n_pairs and n_pairs + n_queries/2 <= keys_per_task")
+        if self.n_pairs > (self.length - 2 * self.n_queries) // 2:
+            raise InvalidInputError("too many pairs for the sequence length")
 
     @property
     def length(self) -> int:
@@ -130,31 +132,53 @@ class ContinualTask:
         return torch.randint(0, self.n_values, (self.n_tasks, self.keys_per_task), generator=g) + \
             self.n_filler + self.n_tasks * self.keys_per_task
 
-    def batch(self, task: torch.Tensor, facts: torch.Tensor, g: torch.Generator, study: bool = True):
-        """task (B,) task ids. study=True: a training episode (n_pairs studied facts, half the queries on them);
-        study=False: a retention episode (filler, then n_queries queries on distinct keys of the task).
-        Returns idx (B, L), targets (B, L), studied (B, L) bool: the query's fact was studied in this episode."""
+    def batch(self, task: torch.Tensor, facts: torch.Tensor, g: torch.Generator, mode: str = "train"):
+        """task (B,) task ids. Episodes of `mode`:
+
+        facts      n_pairs of the task's facts are studied ("key fact"); half the queries ask studied keys, half
+                   ask keys not studied in the episode (answerable only from what the model retained)
+        bind       n_pairs task keys are bound to fresh random values for this episode only; the queries ask them
+                   (answerable only from the episode: the in-context skill, across the window through memory)
+        retention  filler, then queries on distinct keys of the task: facts only from what was retained
+        train      the first half of the rows `facts`, the second half `bind`
+        Returns idx (B, L), targets (B, L), studied (B, L) bool: the query's answer was shown in this episode."""
         B = task.shape[0]
+        if mode == "train":
+            h = B // 2
+            parts = [self.batch(task[:h], facts, g, "facts"), self.batch(task[h:], facts, g, "bind")]
+            return tuple(torch.cat([p[i] for p in parts], 0) for i in range(3))
+        if mode not in ("facts", "bind", "retention"):
+            raise InvalidInputError(f"unknown episode mode {mode!r}")
         L, P, Q, K = self.length, self.n_pairs, self.n_queries, self.keys_per_task
         idx = torch.randint(0, self.n_filler, (B, L), generator=g)
         order = _distinct(B, K, K, g)  # (B, K) a random order of the task's keys
         key_of = lambda j: self.n_filler + task.unsqueeze(1) * K + j  # noqa: E731  local key j -> token
-        val_of = lambda j: facts[task.unsqueeze(1), j]  # noqa: E731
         qpos = L - 2 * Q + 2 * torch.arange(Q)
         targets = torch.full((B, L), -100, dtype=torch.long)
         studied = torch.zeros(B, L, dtype=torch.bool)
-        if study:
+        if mode == "retention":
+            qj = order[:, :Q]
+            q_val = facts[task.unsqueeze(1), qj]
+        else:
             sj = order[:, :P]  # studied keys
+            if mode == "facts":
+                s_val = facts[task.unsqueeze(1), sj]
+            else:
+                s_val = torch.randint(0, self.n_values, (B, P), generator=g) + self.n_filler + self.n_tasks * K
             pos = 2 * _distinct(B, (L - 2 * Q) // 2, P, g)
             idx.scatter_(1, pos, key_of(sj))
-            idx.scatter_(1, pos + 1, val_of(sj))
-            qj = torch.cat([sj[:, : Q // 2], order[:, P : P + Q // 2]], 1)  # half studied, half not
-            perm = _distinct(B, Q, Q, g)
-            qj = qj.gather(1, perm)
-            studied[:, qpos + 1] = perm < Q // 2
-        else:
-            qj = order[:, :Q]
+            idx.scatter_(1, pos + 1, s_val)
+            if mode == "facts":  # half studied, half not, in random order
+                qj = torch.cat([sj[:, : Q // 2], order[:, P : P + Q // 2]], 1)
+                perm = _distinct(B, Q, Q, g)
+                qj = qj.gather(1, perm)
+                q_val = facts[task.unsqueeze(1), qj]
+                studied[:, qpos + 1] = perm < Q // 2
+            else:  # distinct studied pairs
+                pick = _distinct(B, P, Q, g)
+                qj, q_val = sj.gather(1, pick), s_val.gather(1, pick)
+                studied[:, qpos + 1] = True
         idx[:, qpos] = self.query_token
         idx[:, qpos + 1] = key_of(qj)
-        targets[:, qpos + 1] = val_of(qj)
+        targets[:, qpos + 1] = q_val
         return idx, targets, studied
