@@ -31,7 +31,7 @@ from sam.core.batching import PromptBatch, encode_pairs, encode_prompts
 from sam.core.failpoints import failpoint
 from sam.core.fingerprinter import TopHashFingerprinter, generate_permutation, load_permutation
 from sam.core.memory_layer import ResidualMemoryLayer, Route, attach_memory, num_layers
-from sam.core.model_loader import LoadedModel, load_model, tensor_digest
+from sam.core.model_loader import LoadedModel, load_model, resolve_model_dir, tensor_digest
 from sam.core.prompts import Prompt, PromptFormat, Turn, normalize
 from sam.core.router import Decision, Router
 from sam.core.store import Store
@@ -117,6 +117,7 @@ class MemoirEditor:
         `repair`, a missing or unreadable fingerprinter is fitted again and kept only if it is the
         one the store recorded."""
         config = config or EditorConfig()
+        _check_against_model(config, resolve_model_dir(model, model_cache, verbose))  # before anything is written
         opened = None
         if store is not None and (not read_only or Store.exists(store)):
             opened = Store(store, read_only=read_only)
@@ -542,6 +543,23 @@ class MemoirEditor:
         return {"edits": len(self.router), "layer": self.layer, "top_k": self.fingerprinter.top_k,
                 "threshold": self.config.similarity_threshold, "prompt_format": self.prompts.style,
                 "db_bytes": db.stat().st_size if db is not None and db.exists() else 0}
+
+
+def _check_against_model(config: EditorConfig, model_dir: Path) -> None:
+    """Refuse a layer or top_k the model cannot have, from its config.json: before a store is created or
+    the weights load (`_open` checks again on the loaded model, the authority)."""
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    cfg = cfg.get("text_config") or cfg
+    depth, d_ff = cfg.get("num_hidden_layers") or cfg.get("n_layer"), cfg.get("intermediate_size") or cfg.get("n_inner")
+    if isinstance(depth, int) and depth > 0:
+        layer = config.resolved_layer(depth)
+        if not 0 <= layer < depth:
+            raise InvalidInputError(f"layer {layer} is out of range: the model has {depth} layers (0..{depth - 1})")
+        if isinstance(d_ff, int) and config.top_k > d_ff:
+            raise InvalidInputError(f"top_k {config.top_k} is larger than layer {layer}'s {d_ff} features")
 
 
 class _StopAtLineEnd(StoppingCriteria):
