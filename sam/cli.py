@@ -56,8 +56,12 @@ class State:
 
 
 # --- shared plumbing -----------------------------------------------------------------------------
+def _one_line(message: str) -> str:
+    return " ".join(str(message).splitlines())
+
+
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
+    err_console.print(f"[red]error:[/red] {escape(_one_line(message))}")
     raise typer.Exit(code)
 
 
@@ -179,6 +183,8 @@ def _render_reply(reply, state: State) -> None:
         routed = reply.data.get("routed_edit")
         note = f" [dim](memory: edit #{routed})[/dim]" if routed is not None else ""
         console.print(f"[bold cyan]sam>[/bold cyan] {escape(reply.text)}{note}")
+    elif reply.kind == "edit" and reply.data.get("already_present"):
+        console.print(f"[bold cyan]sam>[/bold cyan] {escape(reply.text)}")
     elif reply.kind == "edit":
         console.print(f"[bold cyan]sam>[/bold cyan] {escape(reply.data['verification'].get('answer_after', ''))}")
         _render_verification(reply)
@@ -347,6 +353,8 @@ def _finish_edit(reply, state: State) -> None:
         _fail_reply(reply, state)
     if state.json:
         _emit_json(_reply_json(reply))
+    elif reply.data.get("already_present"):
+        console.print(escape(reply.text))
     elif reply.kind == "edit":
         _render_verification(reply)
 
@@ -433,8 +441,17 @@ def edits_list(ctx: typer.Context,
 @edits_app.command("show")
 def edits_show(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="Edit id.")]) -> None:
     """Show one edit and what the model answers now (read-only)."""
+    from sam.core.store import Store
+    from sam.errors import UnknownEditError
+    from sam.memory.edit_mask_db import check_edit_id
+
     state = _state(ctx)
     with _errors():
+        check_edit_id(edit_id)
+        if not Store.exists(state.store):  # a bad or unknown id is answered before any model loads
+            raise UnknownEditError(f"no edit with id {edit_id!r} (the store is empty)")
+        with _read_store(state) as st:
+            st.get(edit_id)
         with _open_editor(state, read_only=True) as ed:
             rec = ed.get_edit(edit_id).to_dict()
             gen = ed.answer([ed.render(rec["question"])])[0]
@@ -562,9 +579,12 @@ def repair(ctx: typer.Context) -> None:
 def upgrade(ctx: typer.Context) -> None:
     """Upgrade a store made by an earlier sam to the current format, in place (a backup is kept)."""
     from sam.core.store import Store
+    from sam.errors import CorruptStoreError
 
     state = _state(ctx)
     with _errors():
+        if not Store.exists(state.store):  # upgrade converts a store; it never creates one
+            raise CorruptStoreError(f"no sam store at {state.store}")
         with Store(state.store) as st:
             info = {"store": str(state.store), "schema": st.db.schema, "upgraded_from": st.meta("upgraded_from"),
                     "backup": st.meta("backup")}
@@ -694,13 +714,19 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-        err_console.print(f"[red]error:[/red] {escape(exc.format_message())}{hint}")
+        err_console.print(f"[red]error:[/red] {escape(_one_line(exc.format_message()))}{hint}")
         sys.exit(2)
     except click.Abort:
         err_console.print("[red]error:[/red] aborted")
         sys.exit(1)
     except UnicodeDecodeError as exc:
         err_console.print(f"[red]error:[/red] input is not valid UTF-8 ({exc.reason})")
+        sys.exit(1)
+    except Exception as exc:  # a bug, not a user error: one line too, the traceback with --debug
+        if "--debug" in sys.argv[1:]:
+            raise
+        err_console.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(_one_line(exc))} "
+                          f"(a bug; --debug shows the traceback)")
         sys.exit(1)
 
 

@@ -42,7 +42,8 @@ class PlanMemory:
         if self.path is None or not self.path.parent.is_dir():
             return  # no store yet (nothing was edited): do not create one just for plans
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".plans.", dir=self.path.parent)
+            # `.*.tmp`: what a crash leaves here is an orphan the next writer open of the store removes
+            fd, tmp = tempfile.mkstemp(prefix=".plans.", suffix=".tmp", dir=self.path.parent)
             with os.fdopen(fd, "w") as f:
                 json.dump(self._plans, f, indent=1)
             os.replace(tmp, self.path)

@@ -96,10 +96,31 @@ class ChatSession:
             question, history = self.last.question, self._earlier()[:-1]
         if not answer.strip():
             return Reply("error", "usage: /correct ANSWER")
+        same = self._already_present(question, answer)
+        if same is not None:
+            return same
         uif = self._uif(question, question=question, edit_question=question, correct_answer=answer.strip(),
                         edit_source=source, importance=importance, confidence_score=1.0, edit_history=history or None,
                         paraphrase_questions=list(paraphrases) if paraphrases else None)
         return self._edited(self.orchestrator.run(uif, "correct"))
+
+    def _already_present(self, question: str, answer: str) -> Reply | None:
+        """The same correction again (a retry after a crash, a repeated command): the active edit of the
+        question already teaches this answer, so nothing is trained or written (`MemoirEditor.edit` does
+        the same). A different answer supersedes it."""
+        from sam.core.prompts import normalize
+        from sam.errors import SamError
+
+        try:
+            ed = self.context.editor
+            old = ed.existing(ed.render(question))
+        except SamError as exc:  # as the "correct" goal would report it
+            return Reply("error", str(exc))
+        if old is None or normalize(old.target) != normalize(answer):
+            return None
+        return Reply("edit", f"edit #{old.id} already answers '{old.target}': nothing to do (revert it to "
+                     f"train it again)", data={"edit_id": old.id, "already_present": True,
+                                              "verification": {"verdict": "already present"}})
 
     def feedback(self, text: str) -> Reply:
         last = self.last
@@ -151,9 +172,9 @@ class ChatSession:
                 continue
             reply = self.correct(it["expected"], question=it["question"], source="fact_source")
             it["status"] = ("fixed" if reply.data.get("verification", {}).get("recalled") else "edited, still wrong") \
-                if reply.ok else f"not edited: {reply.text}"
+                if reply.ok and not reply.data.get("already_present") else f"not edited: {reply.text}"
             it["after"] = reply.data.get("verification", {}).get("answer_after", "")
-            if reply.ok:
+            if reply.ok and not reply.data.get("already_present"):
                 it["edit_id"] = reply.data["edit_id"]
             if progress:
                 progress(n, len(wrong))
