@@ -706,17 +706,33 @@ def demo_moe(ctx: typer.Context) -> None:
         _emit_json(result)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """click's exception class `name`, and typer's vendored copy of it (typer >= 0.16 ships its own click:
+    its UsageError is not click's, so catching click's alone let usage errors escape as tracebacks)."""
+    found = {getattr(click.exceptions, name)}
+    for cls in (typer.BadParameter, typer.Exit, typer.Abort):
+        found |= {c for c in cls.__mro__ if c.__name__ == name}
+    return tuple(found)
+
+
+_USAGE_ERRORS, _CLICK_ERRORS = _click_classes("UsageError"), _click_classes("ClickException")
+_EXITS, _ABORTS = _click_classes("Exit"), _click_classes("Abort")
+
+
 def main() -> None:
     """The console script: usage errors are one line and exit 2, like every other error is one line."""
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        code = app(standalone_mode=False)  # without standalone mode an exit is returned, not raised
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.UsageError as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    except _USAGE_ERRORS as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
         err_console.print(f"[red]error:[/red] {escape(_one_line(exc.format_message()))}{hint}")
         sys.exit(2)
-    except click.Abort:
+    except _CLICK_ERRORS as exc:
+        err_console.print(f"[red]error:[/red] {escape(_one_line(exc.format_message()))}")
+        sys.exit(1)
+    except _ABORTS:
         err_console.print("[red]error:[/red] aborted")
         sys.exit(1)
     except UnicodeDecodeError as exc:
@@ -728,6 +744,7 @@ def main() -> None:
         err_console.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {escape(_one_line(exc))} "
                           f"(a bug; --debug shows the traceback)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
