@@ -33,8 +33,14 @@ from .tasks import ContinualTask, RecallTask
 CALIB_STEPS = 12  # steps timed (after 4 warm-up steps) to size a --time-budget run
 
 
-def presets(smoke: bool) -> tuple[RecallSettings, ContinualSettings]:
-    if smoke:  # CI: tiny everything, seconds on one CPU thread
+PRESETS = ("full", "cpu", "smoke")
+
+
+def presets(name: str) -> tuple[RecallSettings, ContinualSettings]:
+    """full: the GPU configuration (d=64, 64 slots, W=16, 8-chunk sequences, 5 tasks, batch 256).
+    cpu: what fits in about half an hour of one CPU thread (d=32, 32 slots, W=8, 4-chunk sequences, 3 tasks,
+    batch 32). smoke: CI, seconds."""
+    if name == "smoke":
         size = ModelSize(d_model=16, n_layer=1, n_head=2, bottleneck_dim=4, n_slots=8, slot_dim=8, n_read_heads=2,
                          n_write_heads=1, top_k=2)
         rec = RecallSettings(task=RecallTask(n_filler=4, n_keys=4, n_values=4, window=8, n_chunks=2, n_pairs=2),
@@ -44,7 +50,18 @@ def presets(smoke: bool) -> tuple[RecallSettings, ContinualSettings]:
                                                    n_chunks=2, n_pairs=2, n_queries=2),
                                 size=size, batch=4, steps_per_task=2, lr=2e-3, eval_batches=1)
         return rec, con
-    return RecallSettings(), ContinualSettings()
+    if name == "cpu":
+        size = ModelSize(d_model=32, n_layer=2, n_head=4, bottleneck_dim=16, n_slots=32, slot_dim=32, top_k=4)
+        rec = RecallSettings(task=RecallTask(n_filler=8, n_keys=16, n_values=16, window=8, n_chunks=4, n_pairs=4),
+                             size=size, batch=32, steps=1500, lr=2e-3, eval_batches=4, eval_batch=256, long_chunks=16,
+                             probes=10, probe_batch=16, probe_episodes=4)
+        con = ContinualSettings(task=ContinualTask(n_tasks=3, keys_per_task=8, n_values=16, n_filler=16, window=8,
+                                                   n_chunks=5, n_pairs=4, n_queries=4),
+                                size=size, batch=32, steps_per_task=300, lr=2e-3, eval_batches=4)
+        return rec, con
+    if name == "full":
+        return RecallSettings(), ContinualSettings()
+    raise ValueError(name)
 
 
 # ---------------------------------------------------------------------- jobs
@@ -151,8 +168,10 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
         steps = ctx.Array("i", 2)
         go = ctx.Event()
         procs = [ctx.Process(target=_worker, args=(j, device, budget, q, barrier, steps, go), daemon=True) for j in jobs]
-        for p in procs:
+        limit = len(procs) if budget else max(1, workers)  # a time budget times every job at once
+        for p in procs[:limit]:
             p.start()
+        started = limit
         try:
             pending = {j["id"] for j in jobs}
 
@@ -198,6 +217,9 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
                     info["unfinished"] = sorted(pending)
                     console.log(f"deadline reached: stopping {len(pending)} unfinished jobs {sorted(pending)}")
                     break
+                if started < len(procs):  # a job ended (done or failed): start the next one
+                    procs[started].start()
+                    started += 1
                 if kind != "done":
                     prog.advance(bar)
                     continue
@@ -208,6 +230,7 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
                             f"{' ' + val['mode'] if 'mode' in val else ''} ({val['train_s']:.0f}s training)")
         finally:
             stop = bool(info["unfinished"])
+            procs = procs[:started]
             for p in procs:
                 if stop and p.is_alive():
                     p.terminate()
@@ -414,7 +437,8 @@ def print_tables(summary: dict, console, seeds: int) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="sam bench memnet", description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="tiny configuration for CI (seconds on one CPU thread)")
+    p.add_argument("--preset", choices=PRESETS, default="full", help=presets.__doc__.replace("%", "%%"))
+    p.add_argument("--smoke", action="store_true", help="same as --preset smoke (CI: seconds on one CPU thread)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("results/memnet"))
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
@@ -437,7 +461,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.seeds < 1:
         p.error("--seeds must be >= 1")
-    rec, con = presets(a.smoke)
+    preset = "smoke" if a.smoke else a.preset
+    rec, con = presets(preset)
     if a.steps:
         rec = replace(rec, steps=a.steps)
     if a.steps_per_task:
@@ -484,7 +509,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = aggregate(results, rec, con)
     result = dict(command="sam bench memnet " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
                   device=device, gpu=torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-                  torch=torch.__version__, seeds=a.seeds, smoke=a.smoke,
+                  torch=torch.__version__, seeds=a.seeds, preset=preset,
                   settings=dict(recall=asdict(rec), continual=asdict(con)), model_specs=specs, scheduling=info,
                   summary=summary, wall_s=time.perf_counter() - t0)
     from . import plots
