@@ -1,27 +1,84 @@
-"""The sequential-editing benchmark end to end on a tiny model (seconds): checkpoints, skips, JSON."""
+"""The sequential-editing benchmark end to end on a tiny model (seconds), through its argparse entry
+point `sam.bench.editing.main(argv)`: a run that pauses (--max-minutes) and resumes from its store,
+checkpoints, clipping to the usable records, and no fact edited twice."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 
-from sam.bench.editing import run
-from sam.core.editor import EditorConfig
+import pytest
+
+from sam.bench.editing import PROGRESS_KEY, main
 
 
-def test_benchmark_checkpoints_skips_and_clips(tmp_path, tiny_llama_dir, zsre):
+@pytest.fixture
+def bench(tmp_path, tiny_llama_dir, zsre, one_thread):
     data = tmp_path / "zsre.json"
     data.write_text(json.dumps(zsre[50:58]))  # 8 records, one (index 54) with an empty alt
-    cfg = EditorConfig(layer=1, top_k=16, max_steps=3, lr=500.0)
-    partial = tmp_path / "partial.json"
-    result = run([1, 3, 100], data, str(tiny_llama_dir), config=cfg, compare_naive=1, partial=partial,
-                 n_neighbours=2, generation_max=1)
-    assert result["sizes"] == [1, 3, 7]  # T=100 asked, 7 usable records: the last checkpoint is all of them
-    t1, t3, t7 = result["checkpoints"]
+    store, out = tmp_path / "store", tmp_path / "out"
+
+    def run(*extra: str) -> dict:
+        argv = ["--data", str(data), "--model", str(tiny_llama_dir), "--store", str(store), "--out", str(out),
+                "--tag", "tiny", "--layer", "1", "--top-k", "16", "--max-steps", "3", "--learning-rate", "500",
+                "--neighbours", "2", "--generation-max", "1", *extra]
+        assert main(argv) == 0
+        return json.loads((out / "tiny.json").read_text())
+
+    run.store = store
+    return run
+
+
+def _rows(store) -> list[tuple]:
+    con = sqlite3.connect(f"file:{store / 'edits.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT id, question, target, status FROM edits ORDER BY id").fetchall()
+        progress = con.execute("SELECT value FROM meta WHERE key = ?", (PROGRESS_KEY,)).fetchone()
+    finally:
+        con.close()
+    return rows, progress[0] if progress else None
+
+
+def test_benchmark_pauses_resumes_checkpoints_and_clips(bench):
+    # --max-minutes stops it cleanly (here before the first edit); the partial result says where
+    paused = bench("--sizes", "1,3,100", "--max-minutes", "0.0001")
+    assert paused["paused_at"] == 0 and paused["checkpoints"] == [] and paused["edit_seconds"] == []
+    assert _rows(bench.store)[0] == []
+
+    # a run to T=3 on the same store and tag, then the full one resumes at fact 3
+    part = bench("--sizes", "1,3")
+    assert [cp["T"] for cp in part["checkpoints"]] == [1, 3] and "paused_at" not in part
+    rows, progress = _rows(bench.store)
+    assert progress == "3" and len(part["edit_seconds"]) == 3
+
+    result = bench("--sizes", "1,3,100", "--compare-naive", "1")
+    t1, t3, t7 = result["checkpoints"]  # T=100 asked, 7 usable records: the last checkpoint is all of them
     assert [cp["T"] for cp in (t1, t3, t7)] == [1, 3, 7]
-    assert "rel_em" in t1 and "rel_em" not in t3  # exact match only up to generation_max
+    assert "rel_em" in t1 and "rel_em" not in t3  # exact match only up to --generation-max
     assert t1["n_neighbours"] == 2 and t3["n_neighbours"] == 2  # the next, not yet edited, records
-    assert "loc_neighbour_tf" not in t7  # nothing is left unedited at the end
+    assert "loc_nbr_tf" not in t7  # nothing is left unedited at the end
     for cp in (t1, t3, t7):
-        assert 0.0 <= cp["rel_tf"] <= 1.0 and 0.0 <= cp["loc_tf"] <= 1.0 and cp["median_edit_seconds"] > 0
-    assert json.loads(partial.read_text())["checkpoints"][-1]["T"] == 7  # rewritten after every checkpoint
+        assert 0.0 <= cp["rel_tf"] <= 1.0 and 0.0 <= cp["loc_tf"] <= 1.0 and cp["median_edit_seconds"] >= 0
+        assert cp["active_edits"] >= 1 and cp["bytes_per_edit"] > 0
     assert result["naive_vs_fast"]["edits"] == 1
+
+    # every usable fact was edited exactly once across the three runs
+    rows, progress = _rows(bench.store)
+    assert progress == "7" and len(result["edit_seconds"]) == 7
+    pairs = [(q, t) for _, q, t, _ in rows]
+    assert len(pairs) == len(set(pairs)) and len(rows) <= 7
+    assert len({q for q, _ in pairs}) == sum(s == "active" for *_, s in rows)  # one active edit per question
+
+    # the same command once more has nothing left to do: no edit, no checkpoint twice
+    again = bench("--sizes", "1,3,100")
+    assert [cp["T"] for cp in again["checkpoints"]] == [1, 3, 7] and len(again["edit_seconds"]) == 7
+    assert _rows(bench.store) == (rows, "7")
+
+
+def test_bad_arguments_are_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--batch", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "--batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--natural", "--synthetic", "5"])
+    assert exc.value.code == 2
