@@ -265,12 +265,14 @@ class EditMaskDatabase:
 
     def verify_rows(self) -> Iterator[tuple[int, str, str | None]]:
         """(id, status, problem or None) for every edit: checksum, shapes, finite values."""
-        k, d_model = int(self.meta["top_k"]), int(self.meta["d_model"])
+        # a store that recorded no shape yet (unclaimed, or upgraded from schema 1 with no edit) has no rows to
+        # size-check; reading the keys eagerly made check() raise KeyError on it
+        k, d_model = self.meta.get("top_k"), self.meta.get("d_model")
         for edit_id, status, c, d, digest in self.conn.execute("SELECT id, status, cols, delta, checksum FROM edits"):
             problem = None
             if checksum(c, d) != digest:
                 problem = "checksum mismatch"
-            elif len(c) != 4 * k or len(d) != 4 * k * d_model:
+            elif k is None or d_model is None or len(c) != 4 * int(k) or len(d) != 4 * int(k) * int(d_model):
                 problem = "wrong size"
             elif not np.isfinite(np.frombuffer(d, dtype=np.float32)).all():
                 problem = "non-finite delta"
