@@ -90,6 +90,8 @@ def test_a_database_a_failed_first_open_left_unclaimed_is_still_a_new_store(tmp_
     root = tmp_path / "store"
     with Store(root) as st:  # created, then the open failed before claiming it (bad option, missing model)
         assert st.created
+    with Store(root, read_only=True) as st:
+        assert st.check()["bad_deltas"] == []  # checking it does not trip over the shape it never recorded
     with Store(root) as st:  # not mistaken for schema 1, not refused for its missing fingerprinter
         assert st.created and st.db.schema == SCHEMA_VERSION and st.load_fingerprinter() is None
         st.claim({**IDENTITY, "fingerprinter": fingerprinter().digest()})
@@ -443,6 +445,8 @@ def test_an_empty_schema_1_store_upgrades(tmp_path, build_v1_store):
     with Store(root) as st:
         assert st.db.schema == SCHEMA_VERSION and st.db.count(None) == 0
         assert st.meta("d_model") is None  # no delta to learn it from: the editor's claim records it
+        report = st.check()  # `sam doctor --check` right after `sam upgrade`
+        assert report["bad_deltas"] == [] and report["integrity"] == "ok" and report["edits"] == 0
         st.claim({**V1_IDENTITY, "d_model": D_MODEL})
         new = add(st, 0)
         assert torch.equal(st.delta(new)[1], delta_of(0))
