@@ -245,7 +245,7 @@ def main_options(
         "--similarity-threshold", help="Mask overlap at which an edit fires, in (0, 1] "
                                        "[env MEMOIR_SIMILARITY_THRESHOLD; default 0.45].")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(
-        "--learning-rate", help="SGD learning rate of an edit [env MEMOIR_LEARNING_RATE; default 50].")] = None,
+        "--learning-rate", help="Adam learning rate of an edit [env MEMOIR_LEARNING_RATE; default 0.1].")] = None,
     max_steps: Annotated[Optional[int], typer.Option(
         "--max-steps", help="Most optimisation steps per edit [env MEMOIR_MAX_STEPS; default 30].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON) where it applies.")] = False,

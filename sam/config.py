@@ -31,9 +31,8 @@ class EditorConfig(BaseModel):
                               "(default: 85% of the depth, layer 25 of SmolLM2's 30).")
     top_k: int = Field(128, ge=1, description="Memory columns per edit (TopHash k), at most the layer's d_ff.")
     similarity_threshold: float = Field(0.45, gt=0.0, le=1.0, description="Mask overlap at which an edit fires.")
-    learning_rate: float = Field(50.0, gt=0.0, le=1e4, allow_inf_nan=False,
-                                 description="SGD learning rate of an edit's delta (the paper's 1.0 does not "
-                                             "converge in 30 steps here: the inputs at the chosen columns are small).")
+    learning_rate: float = Field(0.1, gt=0.0, le=10.0, allow_inf_nan=False,
+                                 description="Adam learning rate of an edit's delta.")
     max_steps: int = Field(30, ge=1, le=1000, description="Most optimisation steps per edit.")
     stop_loss: float = Field(0.05, gt=0.0, le=10.0, allow_inf_nan=False,
                              description="Stop once the mean target NLL is below this.")

@@ -6,7 +6,7 @@ a bf16 copy halves what is read and runs the matmul on the CPU's bf16 units. So 
 logits and the backward use the bf16 copy, while the logits that decide the loss (each row's label
 and its `support` most likely tokens) are recomputed in the model's precision. The loss is then
 exact but for the bf16 error on the improbable tail (under 1e-3 on the default model, see
-tests/test_core_output_loss.py); the gradient carries bf16 rounding, harmless to SGD.
+tests/test_core_output_loss.py); the gradient carries bf16 rounding, harmless to the optimiser.
 """
 
 from __future__ import annotations

