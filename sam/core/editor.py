@@ -318,9 +318,10 @@ class MemoirEditor:
 
     def decide(self, prompts: list[PromptLike]) -> list[Decision]:
         """Which edit fires for each prompt (none: edit_id None), with the best mask overlap."""
+        checked = [self._check_prompt(p) for p in prompts]  # bad input is refused with or without edits
         if len(self.router) == 0:
-            return [Decision(None, 0.0, None) for _ in prompts]
-        return self.router.decide(self.pooled([self._check_prompt(p) for p in prompts]))
+            return [Decision(None, 0.0, None) for _ in checked]
+        return self.router.decide(self.pooled(checked))
 
     def route(self, prompt: PromptLike) -> tuple[int | None, float]:
         d = self.decide([prompt])[0]
