@@ -20,6 +20,13 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(k)
 
 
+def upper(field: str) -> float:
+    """The field's inclusive upper bound, read from the model (so a changed default range is followed)."""
+    return next(m.le for m in EditorConfig.model_fields[field].metadata if hasattr(m, "le"))
+
+
+LR_MAX = upper("learning_rate")
+
 # (field, refused value as the environment gives it, a value just inside the range)
 BAD = [
     ("similarity_threshold", "0", "1.0"),
@@ -32,8 +39,8 @@ BAD = [
     ("learning_rate", "0", "1e-6"),
     ("learning_rate", "-1", "0.5"),
     ("learning_rate", "nan", "1"),
-    ("learning_rate", "inf", "10000"),
-    ("learning_rate", "1e5", "1e4"),
+    ("learning_rate", "inf", repr(LR_MAX)),
+    ("learning_rate", repr(LR_MAX * 10), repr(LR_MAX)),
     ("max_steps", "0", "1"),
     ("max_steps", "1001", "1000"),
     ("max_steps", "abc", "7"),
@@ -80,7 +87,8 @@ def test_every_editor_range_is_refused_in_python_too(field, bad, good):
 
 def test_defaults_and_every_field_has_an_env_name():
     cfg = EditorConfig()
-    assert (cfg.top_k, cfg.similarity_threshold, cfg.learning_rate, cfg.max_steps, cfg.layer) == (128, 0.45, 50.0, 30, None)
+    assert (cfg.top_k, cfg.similarity_threshold, cfg.max_steps, cfg.layer) == (128, 0.45, 30, None)
+    assert 0 < cfg.learning_rate <= LR_MAX
     assert cfg.resolved_layer(30) == 25 and cfg.resolved_layer(3) == 2 and EditorConfig(layer=1).resolved_layer(30) == 1
     assert {env_name(f) for f in EDITOR_FIELDS} <= KNOWN_ENV
     assert env_name("top_k") == "MEMOIR_TOP_K"
@@ -110,8 +118,8 @@ def test_env_and_explicit_overrides_merge_with_the_editor_nested(monkeypatch, tm
     monkeypatch.setenv("MEMOIR_MODEL", "gemma3-270m")
     monkeypatch.setenv("MEMOIR_FAST", "false")
     monkeypatch.setenv("SAM_HOME", str(tmp_path / "home"))
-    s = load_settings(editor={"top_k": 8, "learning_rate": 2.0}, device="cuda:0")
-    assert (s.editor.top_k, s.editor.learning_rate, s.editor.max_steps, s.editor.fast) == (8, 2.0, 5, False)
+    s = load_settings(editor={"top_k": 8, "learning_rate": 0.5}, device="cuda:0")
+    assert (s.editor.top_k, s.editor.learning_rate, s.editor.max_steps, s.editor.fast) == (8, 0.5, 5, False)
     assert (s.model, s.device, s.storage_dir) == ("gemma3-270m", "cuda:0", tmp_path / "home")
     s = load_settings(model="default", storage_dir=tmp_path / "explicit")
     assert (s.model, s.storage_dir, s.editor.top_k) == ("default", tmp_path / "explicit", 64)

@@ -35,7 +35,7 @@ def _threads(one_thread):
 
 
 def config(**kw) -> EditorConfig:
-    return EditorConfig(**{"layer": 1, "top_k": 16, "max_steps": 10, "learning_rate": 500.0, **kw})
+    return EditorConfig(**{"layer": 1, "top_k": 16, "max_steps": 10, **kw})  # the default optimiser and rate
 
 
 @pytest.fixture(scope="module")
@@ -331,12 +331,20 @@ def test_render_drops_the_oldest_turns_to_fit_and_refuses_a_question_that_cannot
 FACTS3 = [FACT, FACT2, ("Who designed Lahti Town Hall?", "Alfred Lahti and the architects of the Finnish romantic style")]
 
 
-@pytest.mark.parametrize("kind,head", [("llama", "auto"), ("gpt2", "float32")])
-def test_train_many_gives_each_edit_what_it_gets_alone(tiny, kind, head):
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_many_gives_each_edit_what_it_gets_alone(tiny, kind):
     """Three edits with targets of 3, 3 and 12 tokens, batched: the same steps (each stops at its own
-    convergence) and the same deltas as one by one."""
-    ed = tiny(kind, config=config(max_steps=12, stop_loss=9.8, head_dtype=head))
-    pairs = [(ed.render(q), t) for q, t in FACTS3]
+    convergence) and the same deltas as one by one. With an fp32 lm_head copy (a bf16 one rounds the
+    gradient differently in a batch of another shape), so only the batching is compared."""
+    head = "float32"
+    probe = tiny(kind, name="probe", config=config(max_steps=4, stop_loss=1e-6, head_dtype=head))
+    pairs = [(probe.render(q), t) for q, t in FACTS3]
+    after4 = sorted(probe.train(p, t).outcome.loss for p, t in pairs)
+    probe.close()
+    # a stop loss the fastest edit reaches within 4 steps and the others later (or never): they stop apart.
+    # A random model's losses sit near ln(vocab) ~ 10.8, above the range users may set, hence model_copy.
+    ed = tiny(kind, config=config(max_steps=12, head_dtype=head))
+    ed.config = ed.config.model_copy(update={"stop_loss": (after4[0] + after4[1]) / 2})
     many = ed.train_many(pairs)
     alone = [ed.train(p, t) for p, t in pairs]
     assert rows(ed.store.root) == 0  # training writes no edit
@@ -346,11 +354,10 @@ def test_train_many_gives_each_edit_what_it_gets_alone(tiny, kind, head):
         assert m.outcome.loss == pytest.approx(a.outcome.loss, rel=1e-5)
         assert m.outcome.accuracy == a.outcome.accuracy
         assert torch.allclose(m.outcome.delta, a.outcome.delta, rtol=1e-4, atol=1e-4)
-        assert m.outcome.delta.abs().max() > 1.0  # the deltas did move
+        assert m.outcome.delta.abs().max() > 0.01  # the deltas did move
     lens = [len(ed.tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in FACTS3]
     assert len(set(lens)) >= 2
-    if kind == "llama":
-        assert len({m.outcome.steps for m in many}) > 1  # the edits converge at different steps
+    assert len({m.outcome.steps for m in many}) > 1  # the edits converged at different steps
     results = [ed.commit(m) for m in many]
     for (p, t), r in zip(pairs, results):
         assert ed.route(p)[0] == r.edit_id
@@ -392,6 +399,8 @@ def test_a_read_only_editor_on_a_missing_store_answers_and_creates_nothing(tmp_p
     assert ed.store is None and ed.read_only and ed.edits() == []
     assert ed.answer([ed.render(FACT[0])], 4)[0].edit_id is None
     assert ed.route(FACT[0]) == (None, 0.0)
+    with pytest.raises(InvalidInputError):  # refused with no edit to route to as well
+        ed.route("  ")
     assert ed.stats()["edits"] == 0
     with pytest.raises(SamError, match="read-only"):
         ed.edit(ed.render(FACT[0]), FACT[1])

@@ -28,8 +28,8 @@ def editors(tmp_path_factory, tiny_llama_dir, tiny_gpt2_dir):
         if (kind, fmt) not in made:
             model = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[kind]
             made[kind, fmt] = MemoirEditor.open(tmp_path_factory.mktemp(f"trainer-{kind}") / "store", model=str(model),
-                                                prompt_format=fmt, config=EditorConfig(
-                                                    layer=1, top_k=16, learning_rate=500.0, head_dtype="float32"))
+                                                prompt_format=fmt,
+                                                config=EditorConfig(layer=1, top_k=16, head_dtype="float32"))
         return made[kind, fmt]
 
     yield get
@@ -39,14 +39,14 @@ def editors(tmp_path_factory, tiny_llama_dir, tiny_gpt2_dir):
 
 def run(ed: MemoirEditor, fast: bool, steps: int, fmt_prompt=None):
     p = fmt_prompt or ed.render(FACT[0])
-    return ed.trainer.train([EditRequest(ed._variants(p), FACT[1])], lr=500.0, max_steps=steps, stop_loss=0.0,
-                            fast=fast)[0]
+    return ed.trainer.train([EditRequest(ed._variants(p), FACT[1])], lr=ed.config.learning_rate, max_steps=steps,
+                            stop_loss=0.0, fast=fast)[0]
 
 
 @pytest.mark.parametrize("kind,fmt", [("llama", "auto"), ("gpt2", "auto"), ("llama", "line")])
 def test_fast_and_naive_loops_give_the_same_loss_sequence(editors, kind, fmt):
     ed = editors(kind, fmt)
-    fast = [run(ed, True, s) for s in range(4)]  # the loss after 0, 1, 2, 3 SGD steps
+    fast = [run(ed, True, s) for s in range(4)]  # the loss after 0, 1, 2, 3 optimiser steps
     naive = [run(ed, False, s) for s in range(4)]
     fast_losses, naive_losses = [o.loss for o in fast], [o.loss for o in naive]
     assert fast_losses == pytest.approx(naive_losses, rel=1e-4, abs=1e-5)
@@ -64,11 +64,11 @@ def test_the_trained_key_is_the_key_inference_routes_on(editors, kind):
     ed = editors(kind)
     prompts = [ed.render(FACT[0]), ed.render("Hi"), ed.render("Which family does Ramalinaceae belong to?")]
     for p in prompts:
-        o = ed.trainer.train([EditRequest(ed._variants(p), "x")], lr=1.0, max_steps=0, stop_loss=0.0)[0]
+        o = ed.trainer.train([EditRequest(ed._variants(p), "x")], lr=0.1, max_steps=0, stop_loss=0.0)[0]
         want = ed.fingerprinter.columns(ed.pooled([p]))[0]
         assert torch.equal(o.cols, want)
         assert o.cols.shape == (16,) and bool((o.cols[1:] > o.cols[:-1]).all())
-        naive = ed.trainer.train([EditRequest(ed._variants(p), "x")], lr=1.0, max_steps=0, stop_loss=0.0,
+        naive = ed.trainer.train([EditRequest(ed._variants(p), "x")], lr=0.1, max_steps=0, stop_loss=0.0,
                                  fast=False)[0]
         assert torch.equal(naive.cols, want)
 
@@ -77,8 +77,10 @@ def test_training_stops_at_the_stop_loss_and_leaves_the_model_alone(editors):
     ed = editors("llama")
     weights = {k: v.clone() for k, v in ed.model.state_dict().items()}
     o = run(ed, True, 30)
-    stop = ed.trainer.train([EditRequest(ed._variants(ed.render(FACT[0])), FACT[1])], lr=500.0, max_steps=30,
-                            stop_loss=o.loss + 0.5)[0]
-    assert stop.steps < 30 and stop.loss < o.loss + 0.5
+    start = run(ed, True, 0).loss
+    threshold = (start + o.loss) / 2
+    stop = ed.trainer.train([EditRequest(ed._variants(ed.render(FACT[0])), FACT[1])], lr=ed.config.learning_rate,
+                            max_steps=30, stop_loss=threshold)[0]
+    assert 0 < stop.steps < 30 and stop.loss < threshold
     assert all(torch.equal(v, weights[k]) for k, v in ed.model.state_dict().items())  # the model is frozen
     assert all(p.grad is None for p in ed.model.parameters())
