@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 Status = Literal["pending", "running", "completed", "failed"]
 
 
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"<{type(value).__name__}{tuple(shape) if shape is not None else ''}>"
+
+
 def _new_task_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -96,7 +101,9 @@ class SAM_UIF(BaseModel):  # noqa: N801 - the name of the design notes
         return self.status != "failed" and not self.errors
 
     def to_json(self, **kwargs: Any) -> str:
-        return self.model_dump_json(**kwargs)
+        """The request as JSON. Workspace values that are not data (a trained edit's tensors) are written
+        as a short description, so a correction's UIF can still be saved and inspected."""
+        return self.model_dump_json(fallback=_describe, **kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> "SAM_UIF":
