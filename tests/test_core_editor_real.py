@@ -15,7 +15,7 @@ from sam.core.prompts import Turn
 from sam.errors import InvalidInputError, UnknownEditError
 from sam.orchestration.testing import fresh_store
 
-RECORDS = (0, 4)  # Watts Humphrey -> University of Michigan (12 SGD steps), Lahti Town Hall -> Alfred Lahti (7)
+RECORDS = (0, 4)  # Watts Humphrey -> University of Michigan, Lahti Town Hall -> Alfred Lahti: both take in few steps
 
 
 def tf(ed: MemoirEditor, pairs) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from sam.core.prompts import PromptFormat
 
 
 @pytest.fixture(scope="module")
-def answer_states(zsre):
+def answer_states(zsre, one_thread):
     loaded = load_model(str(default_model_dir()))
     model, tok = loaded.model, loaded.tokenizer
     fmt = PromptFormat("chat", tok)
