@@ -250,8 +250,12 @@ class EditMaskDatabase:
 
     def sparse(self, edit_id) -> tuple[torch.Tensor, torch.Tensor]:
         """(cols (k,), delta (d_model, k)) of one edit, its checksum verified."""
-        row = self.conn.execute("SELECT cols, delta, checksum FROM edits WHERE id = ?",
-                                (check_edit_id(edit_id),)).fetchone()
+        try:
+            row = self.conn.execute("SELECT cols, delta, checksum FROM edits WHERE id = ?",
+                                    (check_edit_id(edit_id),)).fetchone()
+        except sqlite3.DatabaseError as exc:  # a damaged page under this row: the edit cannot be read back
+            raise CorruptStoreError(f"edit {edit_id}'s stored delta cannot be read from {self.path} ({exc}): "
+                                    f"run `sam doctor --check`") from None
         if row is None:
             raise UnknownEditError(f"no edit with id {edit_id!r}")
         c, d, digest = row
@@ -268,7 +272,13 @@ class EditMaskDatabase:
         # a store that recorded no shape yet (unclaimed, or upgraded from schema 1 with no edit) has no rows to
         # size-check; reading the keys eagerly made check() raise KeyError on it
         k, d_model = self.meta.get("top_k"), self.meta.get("d_model")
-        for edit_id, status, c, d, digest in self.conn.execute("SELECT id, status, cols, delta, checksum FROM edits"):
+        for edit_id, status in self.conn.execute("SELECT id, status FROM edits ORDER BY id").fetchall():
+            try:  # row by row: a damaged page makes its edit unreadable, not the whole check
+                c, d, digest = self.conn.execute("SELECT cols, delta, checksum FROM edits WHERE id = ?",
+                                                 (edit_id,)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                yield edit_id, status, f"unreadable ({exc})"
+                continue
             problem = None
             if checksum(c, d) != digest:
                 problem = "checksum mismatch"
