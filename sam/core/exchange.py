@@ -97,6 +97,8 @@ def read_export(path: Path) -> list[ExportedEdit]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise InvalidInputError(f"{path} is not UTF-8 text") from None
+    except RecursionError:  # json's parser recurses: a file nested thousands deep is not an export
+        raise InvalidInputError(f"{path} is not JSON: nested too deeply") from None
     except ValueError as exc:
         raise InvalidInputError(f"{path} is not JSON: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != EXPORT_FORMAT:
