@@ -68,6 +68,8 @@ def _fail(message: str, code: int = 1) -> None:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Expected failures -> one line and exit 1."""
+    import sqlite3
+
     from pydantic import ValidationError
 
     from sam.config import setting_error
@@ -78,6 +80,9 @@ def _errors() -> Iterator[None]:
         raise
     except SamError as exc:
         _fail(str(exc))
+    except sqlite3.DatabaseError as exc:  # damage the store layer did not name (a bad page under a query)
+        _fail(f"the store's database is damaged ({exc}): `sam doctor --check` reports; restore edits.sqlite from "
+              f"a backup")
     except ValidationError as exc:
         _fail(setting_error(exc))
     except PermissionError as exc:
@@ -471,11 +476,23 @@ def edits_show(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="
 @edits_app.command("revert")
 def edits_revert(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="Edit id.")]) -> None:
     """Revert one edit: it stops firing (an edit it replaced comes back)."""
+    from sam.core.store import Store
+    from sam.errors import CorruptStoreError, InvalidInputError, UnknownEditError
     from sam.memory.edit_mask_db import check_edit_id
 
     state = _state(ctx)
     with _errors():
         check_edit_id(edit_id)
+        # an unknown or already reverted edit is answered from the store alone: no model, no store created
+        if not Store.exists(state.store):
+            raise UnknownEditError(f"no edit with id {edit_id!r} (the store is empty)")
+        try:
+            with _read_store(state) as st:
+                rec = st.get(edit_id)
+        except CorruptStoreError:
+            rec = None  # e.g. a schema-1 store, which the writer below upgrades first
+        if rec is not None and rec.status != "active":
+            raise InvalidInputError(f"edit {rec.id} is already {rec.status}")
         with _chat_session(state, read_only=False) as session:
             reply = session.revert(int(edit_id))
             if not reply.ok:

@@ -7,6 +7,7 @@ import importlib.metadata as md
 import importlib.util
 import os
 import platform
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -64,8 +65,8 @@ def _store(store: Path, check: bool) -> dict:
                     info["deltas checked"] = f"{report['edits']} ({len(report['bad_deltas'])} bad)"
                     for bad in report["bad_deltas"][:10]:
                         info[f"! edit {bad['id']}"] = f"{bad['problem']} ({bad['status']})"
-        except SamError as exc:
-            info["edits"] = f"unreadable: {exc}"
+        except (SamError, sqlite3.DatabaseError) as exc:  # a damaged database is reported, not raised
+            info["edits"] = f"unreadable: {' '.join(str(exc).split())}"
             if check:
                 info["check"] = "PROBLEMS"
     else:
