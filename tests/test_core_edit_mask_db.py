@@ -268,10 +268,19 @@ def test_verify_reports_non_finite_and_wrong_size_deltas(db):
     assert problems[db.ids[2]] == "wrong size" and problems[db.ids[0]] is None
 
 
-# --- MaskIndex (FAISS) ------------------------------------------------------------------------------------
-def test_mask_index_finds_the_largest_overlap_exactly():
+# --- MaskIndex (FAISS, and the torch backend used on a GPU or where FAISS is missing) ----------------------------
+@pytest.fixture(params=["faiss", "torch"])
+def backend(request, monkeypatch):
+    if request.param == "torch":  # as on a machine without FAISS: the same exact search, on torch
+        import sam.memory.mask_index as mi
+
+        monkeypatch.setattr(mi, "_faiss", lambda: None)
+    return request.param
+
+
+def test_mask_index_finds_the_largest_overlap_exactly(backend):
     index = MaskIndex(D_FF, K)
-    assert index.bits == 104 and len(index) == 0  # d_ff rounded up to whole bytes
+    assert index.backend == backend and len(index) == 0
     assert index.nearest(torch.stack(MASKS)) == [None, None, None]
     index.add([11, 22, 33], torch.stack(MASKS))
     assert len(index) == 3
@@ -288,7 +297,7 @@ def test_mask_index_finds_the_largest_overlap_exactly():
     assert len(index) == 2
 
 
-def test_mask_index_overlap_is_exact_for_every_overlap_size():
+def test_mask_index_overlap_is_exact_for_every_overlap_size(backend):
     gen = torch.Generator().manual_seed(3)
     index = MaskIndex(D_FF, K)
     base = torch.randperm(D_FF, generator=gen)[:K].sort().values
@@ -305,3 +314,46 @@ def test_mask_index_codes_are_the_column_sets():
     codes = index.codes(np.array([[0, 1, 11]]))
     assert codes.shape == (1, 2)
     assert np.unpackbits(codes[0]).nonzero()[0].tolist() == [0, 1, 11]
+
+
+def test_the_faiss_bits_round_d_ff_up_to_bytes():
+    assert MaskIndex(D_FF, K).bits == 104 and MaskIndex(128, K).bits == 128
+
+
+def test_mask_index_backends_agree_through_adds_and_removes(monkeypatch):
+    """A random sequence of adds and removes (the torch backend fills a removed row with the last one):
+    both backends report the same best overlap for every query, and an id that was removed never comes back."""
+    import random
+
+    import sam.memory.mask_index as mi
+
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    faiss_index = MaskIndex(D_FF, K)
+    monkeypatch.setattr(mi, "_faiss", lambda: None)
+    torch_index = MaskIndex(D_FF, K)
+    assert (faiss_index.backend, torch_index.backend) == ("faiss", "torch")
+    live: dict[int, torch.Tensor] = {}
+    next_id = 1
+    for step in range(120):
+        if live and rng.random() < 0.35:
+            victim = rng.choice(sorted(live))
+            del live[victim]
+            for ix in (faiss_index, torch_index):
+                ix.remove(victim)
+        else:
+            cols = torch.randperm(D_FF, generator=gen)[:K].sort().values
+            live[next_id] = cols
+            for ix in (faiss_index, torch_index):
+                ix.add([next_id], cols.view(1, -1))
+            next_id += 1
+        assert len(faiss_index) == len(torch_index) == len(live)
+        if step % 10 == 0 and live:
+            queries = torch.stack([torch.randperm(D_FF, generator=gen)[:K].sort().values for _ in range(5)]
+                                  + [live[rng.choice(sorted(live))]])
+            for q, a, b in zip(queries, faiss_index.nearest(queries), torch_index.nearest(queries)):
+                assert a.overlap == pytest.approx(b.overlap) and b.edit_id in live and a.edit_id in live
+                for m in (a, b):  # the overlap reported is the overlap with the edit reported
+                    assert m.overlap == pytest.approx(float(torch.isin(q, live[m.edit_id]).sum()) / K)
+            exact = torch_index.nearest(queries[-1:])[0]
+            assert exact.overlap == 1.0
