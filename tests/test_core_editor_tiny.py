@@ -211,6 +211,24 @@ def test_one_question_keeps_one_active_edit_however_edits_are_committed(tiny):
     assert ed.route(p)[0] == again.edit_id
 
 
+def test_commit_many_writes_in_one_transaction_and_later_edits_supersede_earlier_ones(tiny):
+    ed = tiny("llama")
+    store = ed.store.root
+    p1, p2 = ed.render(FACT[0]), ed.render(FACT2[0])
+    a, b, c = ed.train_many([(p1, "Yale"), (p2, FACT2[1]), (p1, FACT[1])])
+    poisoned = ed.train(p2, "x")
+    poisoned.outcome.finite = False  # as a diverged training reports itself
+    with pytest.raises(EditFailedError):
+        ed.commit_many([a, b, poisoned])  # all or none
+    assert rows(store) == 0 and len(ed.router) == 0
+    ra, rb, rc = ed.commit_many([a, b, c])
+    assert rc.supersedes == ra.edit_id and rb.supersedes is None and ra.supersedes is None
+    assert [e.id for e in ed.edits()] == [rb.edit_id, rc.edit_id] and len(ed.router) == 2
+    assert ed.get_edit(ra.edit_id).status == "superseded"
+    assert ed.route(p1)[0] == rc.edit_id and ed.route(p2)[0] == rb.edit_id
+    assert ed.score(p1, FACT[1]) == 1.0 and ed.score(p2, FACT2[1]) == 1.0
+
+
 # --- trial ------------------------------------------------------------------------------------------------------------
 def test_trial_applies_a_pending_edit_and_writes_nothing(tiny):
     ed = tiny("llama")
