@@ -19,6 +19,7 @@ import math
 import queue
 import time
 import traceback
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
@@ -243,8 +244,11 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
 
 # ---------------------------------------------------------------------- aggregation
 def ms(values) -> dict:
+    """mean and std over seeds, ignoring NaN (a read-out with no events in one seed); NaN if none has a value."""
     a = np.asarray(values, dtype=float)
-    return dict(mean=float(np.nanmean(a)), std=float(np.nanstd(a)), values=a.tolist())
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return dict(mean=float(np.nanmean(a)), std=float(np.nanstd(a)), values=a.tolist())
 
 
 def _acc_block(runs: list, key: str) -> dict:
@@ -295,7 +299,8 @@ def aggregate(results: list, rec: RecallSettings, con: ContinualSettings) -> dic
                     A = np.array([[p[key] for p in run] for run in P])
                     f[key + "_mean"], f[key + "_std"] = A.mean(0).tolist(), A.std(0).tolist()
                 D = np.array([[p["decay_by_owner"] for p in run] for run in P])
-                with np.errstate(all="ignore"):
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     f["decay_by_owner_mean"] = np.nanmean(D, 0).tolist()
                 f["survival_by_probe"] = [dict(mean=np.mean([run[i]["survival"] for run in P], 0).tolist(),
                                                std=np.std([run[i]["survival"] for run in P], 0).tolist())
