@@ -246,9 +246,12 @@ def main_options(
         "--layer", help="Decoder layer that gets the memory [env MEMOIR_LAYER; default 85% of the depth].")] = None,
     top_k: Annotated[Optional[int], typer.Option(
         "--top-k", help="Memory columns per edit [env MEMOIR_TOP_K; default 128].")] = None,
+    key: Annotated[Optional[str], typer.Option(
+        "--key", help="How a question finds its edit: sentence (MiniLM cosine of the questions, with a name "
+                      "check) or tophash (MEMOIR's mask overlap) [env MEMOIR_KEY; default sentence].")] = None,
     similarity_threshold: Annotated[Optional[float], typer.Option(
-        "--similarity-threshold", help="Mask overlap at which an edit fires, in (0, 1] "
-                                       "[env MEMOIR_SIMILARITY_THRESHOLD; default 0.45].")] = None,
+        "--similarity-threshold", help="Key cosine at which an edit fires, in (0, 1] "
+                                       "[env MEMOIR_SIMILARITY_THRESHOLD; default 0.8].")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(
         "--learning-rate", help="Adam learning rate of an edit [env MEMOIR_LEARNING_RATE; default 0.1].")] = None,
     max_steps: Annotated[Optional[int], typer.Option(
@@ -263,7 +266,8 @@ def main_options(
         overrides: dict[str, Any] = {k: v for k, v in {
             "model": model, "storage_dir": store, "device": device, "prompt_format": prompt_format}.items()
             if v is not None}
-        editor = {k: v for k, v in {"layer": layer, "top_k": top_k, "similarity_threshold": similarity_threshold,
+        editor = {k: v for k, v in {"layer": layer, "top_k": top_k, "key": key,
+                                    "similarity_threshold": similarity_threshold,
                                     "learning_rate": learning_rate, "max_steps": max_steps}.items() if v is not None}
         if editor:
             overrides["editor"] = editor
@@ -671,7 +675,7 @@ def _with_settings(ctx: typer.Context, argv: list[str]) -> list[str]:
     out = list(argv)
     if "--model" not in out:
         out += ["--model", s.model]
-    for field in ("layer", "top_k", "similarity_threshold", "learning_rate", "max_steps"):
+    for field in ("layer", "top_k", "key", "similarity_threshold", "learning_rate", "max_steps"):
         flag = "--" + field.replace("_", "-")
         value = getattr(s.editor, field)
         if flag not in out and value is not None and field in s.editor.model_fields_set:

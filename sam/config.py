@@ -30,7 +30,12 @@ class EditorConfig(BaseModel):
     layer: int | None = Field(None, ge=0, description="Decoder layer whose FFN down-projection gets the memory "
                               "(default: 85% of the depth, layer 25 of SmolLM2's 30).")
     top_k: int = Field(128, ge=1, description="Memory columns per edit (TopHash k), at most the layer's d_ff.")
-    similarity_threshold: float = Field(0.45, gt=0.0, le=1.0, description="Mask overlap at which an edit fires.")
+    key: Literal["sentence", "tophash"] = Field(
+        "sentence", description="How a question finds its edit: sentence (MiniLM cosine of the question texts, "
+                                "with a name check) or tophash (MEMOIR's mask overlap of the memory layer's input).")
+    similarity_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Key cosine at which an edit fires "
+                                        "(key=sentence).")
+    mask_overlap: float = Field(0.45, gt=0.0, le=1.0, description="Mask overlap at which an edit fires (key=tophash).")
     learning_rate: float = Field(0.1, gt=0.0, le=10.0, allow_inf_nan=False,
                                  description="Adam learning rate of an edit's delta.")
     max_steps: int = Field(30, ge=1, le=1000, description="Most optimisation steps per edit.")

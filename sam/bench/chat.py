@@ -84,7 +84,8 @@ def run(args) -> dict:
         sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
         facts, dataset = zsre(args.data or default_zsre(), n=sizes[-1], log=lambda m: None), "zsre"
         sizes = sorted({min(s, len(facts)) for s in sizes})
-    config = EditorConfig(**{k: v for k, v in {"top_k": args.top_k, "similarity_threshold": args.similarity_threshold,
+    config = EditorConfig(**{k: v for k, v in {"top_k": args.top_k, "key": args.key, "mask_overlap": args.mask_overlap,
+                                               "similarity_threshold": args.similarity_threshold,
                                                "learning_rate": args.learning_rate, "max_steps": args.max_steps,
                                                "layer": args.layer}.items() if v is not None})
     result = {"dataset": dataset, "model": args.model, "device": args.device, "config": config.model_dump(),
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/chat"))
     p.add_argument("--tag")
     p.add_argument("--json", action="store_true")
-    for name, kind in (("layer", int), ("top-k", int), ("similarity-threshold", float), ("learning-rate", float),
-                       ("max-steps", int)):
+    for name, kind in (("layer", int), ("top-k", int), ("key", str), ("similarity-threshold", float),
+                       ("mask-overlap", float), ("learning-rate", float), ("max-steps", int)):
         p.add_argument(f"--{name}", type=kind)
     args = p.parse_args(argv)
     if args.device == "cpu":

@@ -219,7 +219,8 @@ def run(args) -> dict:
     path = out / f"{tag}.json"
     store = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="sam-bench-")) / "store"
     config = EditorConfig(**{k: v for k, v in {
-        "layer": args.layer, "top_k": args.top_k, "similarity_threshold": args.similarity_threshold,
+        "layer": args.layer, "top_k": args.top_k, "key": args.key, "mask_overlap": args.mask_overlap,
+        "similarity_threshold": args.similarity_threshold,
         "learning_rate": args.learning_rate, "max_steps": args.max_steps}.items() if v is not None})
     result = {"model": args.model, "device": args.device, "dtype": args.dtype, "format": args.format,
               "dataset": dataset, "config": config.model_dump(), "sizes": sizes, "batch": args.batch,
@@ -250,6 +251,11 @@ def run(args) -> dict:
                     console.print(f"[yellow]stopping at T={i} (--max-minutes {args.max_minutes}); run the same "
                                   f"command again to resume[/]")
                     result["paused_at"] = i
+                    if i and all(cp["T"] != i for cp in result["checkpoints"]):  # report the state it stopped in
+                        cp = checkpoint(ed, facts, i, set(latest.values()), args, store, sparse, result)
+                        cp["paused"] = True
+                        result["checkpoints"].append(cp)
+                        console.print(_row_text(cp))
                     break
                 nxt = next(s for s in sizes if s > i)
                 chunk = facts[i: min(i + args.batch, nxt)]
@@ -429,7 +435,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam bench edit", description="Sequential-editing benchmark (see "
                                 "sam/bench/editing.py): Rel/Gen/Loc, routing, s/edit, storage, RAM, overhead.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", type=Path, help="zsRE-style JSON (default: ../shared's 3,939 records, else the sample)")
+    p.add_argument("--data", type=Path, help="zsRE-style JSON (default: ../shared's 3,939 records, else the sample)")
     src.add_argument("--natural", action="store_true", help="the hand-written natural set (data/natural_facts.jsonl)")
     src.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic counterfactual facts")
     p.add_argument("--zsre-first", action="store_true", help="with --synthetic N: every usable zsRE record first, "
@@ -455,8 +461,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/edit"))
     p.add_argument("--tag")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    for name, kind in (("layer", int), ("top-k", int), ("similarity-threshold", float), ("learning-rate", float),
-                       ("max-steps", int)):
+    for name, kind in (("layer", int), ("top-k", int), ("key", str), ("similarity-threshold", float),
+                       ("mask-overlap", float), ("learning-rate", float), ("max-steps", int)):
         p.add_argument(f"--{name}", type=kind)
     return p
 

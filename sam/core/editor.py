@@ -154,10 +154,12 @@ class MemoirEditor:
                               "layer": self.layer, "d_ff": d_ff, "d_model": self.memory.out_features,
                               "top_k": self.fingerprinter.top_k, "fingerprinter": self.fingerprinter.digest(),
                               "prompt_format": self.prompts.style})
-        self.router = Router(self.fingerprinter, cfg.similarity_threshold, self.memory.out_features, self._delta,
-                             self.device)
+        self.router = Router(self.fingerprinter, self.memory.out_features, self._delta, self.device, key=cfg.key,
+                             similarity_threshold=cfg.similarity_threshold, mask_overlap=cfg.mask_overlap)
         if self.store is not None:
-            self.router.load(*self.store.active_columns())
+            ids, cols = self.store.active_columns()
+            questions, keys = self.store.active_keys(self.router.encode) if len(ids) else ([], torch.zeros(0, 384))
+            self.router.load(ids, cols, questions, keys)
         self._prefixes: list[str] | None = None
         head_dtype = None if cfg.head_dtype == "auto" else getattr(torch, cfg.head_dtype)
         self.trainer = EditTrainer(self.model, self.tokenizer, self.prompts, self.memory, self.site.layers,
@@ -317,21 +319,32 @@ class MemoirEditor:
             handle.remove()
 
     def decide(self, prompts: list[PromptLike]) -> list[Decision]:
-        """Which edit fires for each prompt (none: edit_id None), with the best mask overlap."""
+        """Which edit fires for each prompt (none: edit_id None), with the best key similarity."""
         checked = [self._check_prompt(p) for p in prompts]  # bad input is refused with or without edits
         if len(self.router) == 0:
             return [Decision(None, 0.0, None) for _ in checked]
-        return self.router.decide(self.pooled(checked))
+        if self.router.key == "sentence":
+            return self.router.decide_questions([p.question for p in checked])
+        return self.router.decide_pooled(self.pooled(checked))
 
     def route(self, prompt: PromptLike) -> tuple[int | None, float]:
         d = self.decide([prompt])[0]
         return d.edit_id, d.overlap
 
-    def _router_fn(self, decisions: list):
+    def _routing(self, prompts: list[Prompt], first_positions: torch.Tensor, key_mask: torch.Tensor,
+                 decisions: list, memory: bool = True):
+        """The memory-layer context for one batch: the sentence key is decided now, from the questions;
+        TopHash inside the first forward, from the layer's own input over `key_mask`."""
+        if not memory or len(self.router) == 0:
+            return self.memory.disabled()
+        if self.router.key == "sentence":
+            decisions[:] = self.router.decide_questions([p.question for p in prompts])
+            return self.memory.applying(self.router.route(decisions, self.device), first_positions)
+
         def fn(pooled: torch.Tensor) -> Route:
-            decisions[:] = self.router.decide(pooled)
+            decisions[:] = self.router.decide_pooled(pooled)
             return self.router.route(decisions, pooled.device)
-        return fn
+        return self.memory.applying(fn, first_positions, key_mask)
 
     def _delta(self, edit_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if edit_id in self._pending:
@@ -341,16 +354,14 @@ class MemoirEditor:
     # --- answering -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def answer(self, prompts: list[PromptLike], max_new_tokens: int = 32, memory: bool = True) -> list[Generation]:
-        """Greedy answers, memory-aware: each prompt's key is routed inside the first forward."""
+        """Greedy answers, memory-aware: each question finds its edit (if any), which acts on the answer."""
         ps = [self._check_prompt(p) for p in prompts]
         batch = self._encode(ps)
         decisions: list[Decision] = []
         first = torch.zeros_like(batch.key_mask)
         first[:, -1] = True  # left-padded: every row's last prompt token is the last column
         stop = _StopAtLineEnd(self.tokenizer, batch.input_ids.shape[1]) if self.prompts.style != "chat" else None
-        ctx = self.memory.applying(self._router_fn(decisions), first, batch.key_mask) if memory and len(self.router) \
-            else self.memory.disabled()
-        with ctx:
+        with self._routing(ps, first, batch.key_mask, decisions, memory):
             out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                       max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id,
@@ -376,9 +387,7 @@ class MemoirEditor:
         in one forward with the memory routed as at inference."""
         pairs = [(self._prompt(p), t) for p, t in pairs]
         batch = encode_pairs(self.tokenizer, self.prompts, pairs, self.tokenizer.pad_token_id).to(self.device)
-        ctx = self.memory.applying(self._router_fn([]), batch.answer_mask, batch.key_mask) \
-            if memory and len(self.router) else self.memory.disabled()
-        with ctx:
+        with self._routing([p for p, _ in pairs], batch.answer_mask, batch.key_mask, [], memory):
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         sel = logits[batch.rows, batch.positions].cpu()
         rows = batch.rows.cpu()
@@ -404,8 +413,15 @@ class MemoirEditor:
         """The active edit for this prompt's question, if there is one."""
         if self.store is None:
             return None
-        found = self.store.db.find(self._prompt(prompt).question)
-        return found[-1] if found else None
+        question = self._prompt(prompt).question
+        found = self.store.db.find(question)
+        if found:
+            return found[-1]
+        if self.router.key == "sentence" and len(self.router):  # the same question in other words
+            fired = self.router.decide_questions([question])[0].edit_id
+            if fired is not None and fired not in self._pending:
+                return self.store.get(fired)
+        return None
 
     def train(self, prompt: PromptLike, target: str, *, contexts: list[Prompt] | tuple = (), source: str = "user",
               importance: float = 1.0) -> PendingEdit:
@@ -442,7 +458,7 @@ class MemoirEditor:
         hidden = hidden if hidden in self.router else None
         if hidden is not None:
             self.router.remove(hidden)
-        self.router.add(temp, pending.outcome.cols)
+        self.router.add(temp, pending.outcome.cols, pending.prompt.question)
         try:
             yield
         finally:
@@ -450,7 +466,7 @@ class MemoirEditor:
             del self._pending[temp]
             if hidden is not None:
                 cols, _ = self.store.delta(hidden)
-                self.router.add(hidden, cols)
+                self.router.add(hidden, cols, self.store.get(hidden).question)
 
     def _replaced(self, pending: PendingEdit) -> int | None:
         """The active edit of the pending edit's question now (not when it was trained: another edit of the
@@ -470,24 +486,30 @@ class MemoirEditor:
             if not p.outcome.finite:
                 raise EditFailedError("an edit's training diverged (non-finite loss or delta): nothing was written")
         results = []
+        keys = self.router.encode([p.prompt.question for p in pending]) if pending else torch.zeros(0, 384)
         failpoint("editor.commit.before")
-        with store.transaction():
-            for p in pending:
-                o = p.outcome
-                old = self._replaced(p)
-                if old is not None:
-                    store.set_status(old, "superseded")
-                    failpoint("editor.commit.supersede")
-                edit_id = store.add_edit(prompt=p.prompt.text, question=p.prompt.question, target=p.target,
-                                         cols=o.cols, delta=o.delta, source=p.source, importance=p.importance,
-                                         steps=o.steps, loss=o.loss, supersedes=old)
-                results.append(EditResult(edit_id, p.prompt.text, p.target, p.success, o.steps, o.loss, p.seconds,
-                                          o.accuracy, old))
+        try:
+            with store.transaction():
+                for p, key in zip(pending, keys):
+                    o = p.outcome
+                    old = self._replaced(p)  # sees the edits committed earlier in this batch
+                    if old is not None:
+                        store.set_status(old, "superseded")
+                        failpoint("editor.commit.supersede")
+                        self.router.remove(old)
+                    edit_id = store.add_edit(prompt=p.prompt.text, question=p.prompt.question, target=p.target,
+                                             cols=o.cols, delta=o.delta, source=p.source, importance=p.importance,
+                                             steps=o.steps, loss=o.loss, supersedes=old, qkey=key)
+                    self.router.add(edit_id, o.cols, p.prompt.question, key)
+                    results.append(EditResult(edit_id, p.prompt.text, p.target, p.success, o.steps, o.loss,
+                                              p.seconds, o.accuracy, old))
+        except BaseException:  # rolled back: the router goes back to the database's state
+            for r in results:
+                self.router.remove(r.edit_id)
+                if r.supersedes is not None:
+                    self.router.add(r.supersedes, store.delta(r.supersedes)[0], store.get(r.supersedes).question)
+            raise
         failpoint("editor.commit.after")
-        for r, p in zip(results, pending):  # the database is committed: the router follows it
-            if r.supersedes is not None and r.supersedes in self.router:
-                self.router.remove(r.supersedes)
-            self.router.add(r.edit_id, p.outcome.cols)
         return results
 
     def edit(self, prompt: PromptLike, target: str, *, source: str = "user", importance: float = 1.0,
@@ -525,7 +547,7 @@ class MemoirEditor:
         failpoint("editor.revert.after")
         self.router.remove(rec.id)
         if back is not None:
-            self.router.add(back, store.delta(back)[0])
+            self.router.add(back, store.delta(back)[0], store.get(back).question)
         return store.get(rec.id)
 
     # --- queries -----------------------------------------------------------------------------------------------

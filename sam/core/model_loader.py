@@ -77,7 +77,7 @@ def _shipped_gguf(shipped: ShippedModel, cache_dir: Path) -> Path:
 
 
 @contextmanager
-def _quiet_transformers(verbose: bool):
+def quiet_transformers(verbose: bool):
     """No 'Loading weights' bars or library warnings unless asked (restored afterwards)."""
     if verbose:
         yield
@@ -109,7 +109,7 @@ def _convert_gguf(gguf: Path, out_dir: Path, verbose: bool = False) -> None:
                   f"(once; later loads read the converted copy)")
     steps = ["reading the tokenizer", "dequantising the weights", "writing safetensors"]
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar, _quiet_transformers(verbose):
+                  TimeElapsedColumn(), console=console, transient=False) as bar, quiet_transformers(verbose):
         task = bar.add_task(steps[0], total=len(steps))
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -204,7 +204,7 @@ def load_model(name: str = "default", cache_dir: Path | str | None = None, devic
             raise InvalidInputError(f"dtype '{dtype}': want one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     path = resolve_model_dir(name, cache_dir, verbose)
-    with _quiet_transformers(verbose):
+    with quiet_transformers(verbose):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:

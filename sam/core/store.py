@@ -148,6 +148,23 @@ class Store:
     def active_columns(self) -> tuple[np.ndarray, np.ndarray]:
         return self.db.active_columns()
 
+    def active_keys(self, encode) -> tuple[list[str], torch.Tensor]:
+        """Questions and sentence keys (N, 384) of the active edits, in id order; keys an older sam did not
+        store are computed with `encode` (and kept, by a writer)."""
+        ids, questions, blobs = self.db.active_keys()
+        missing = [n for n, b in enumerate(blobs) if b is None]
+        keys = torch.zeros(len(ids), 384)
+        present = [n for n, b in enumerate(blobs) if b is not None]
+        if present:
+            keys[present] = torch.frombuffer(bytearray(b"".join(blobs[n] for n in present)),
+                                             dtype=torch.float32).view(len(present), 384)
+        if missing:
+            fresh = encode([questions[n] for n in missing]).cpu()
+            keys[missing] = fresh
+            if not self.read_only:
+                self.db.set_qkeys([ids[n] for n in missing], fresh)
+        return questions, keys
+
     def delta(self, edit_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cols (k,), delta (d_model, k)) of an edit, from the LRU cache or the database (checksummed)."""
         hit = self._cache.get(edit_id)

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS edits (
     loss REAL NOT NULL,
     cols BLOB NOT NULL,            -- k int32, sorted
     delta BLOB NOT NULL,           -- (d_model, k) float32, row-major
-    checksum TEXT NOT NULL         -- sha256 of cols || delta
+    checksum TEXT NOT NULL,        -- sha256 of cols || delta
+    qkey BLOB                      -- the question's sentence key: 384 float32 (recomputable from the question)
 );
 CREATE INDEX IF NOT EXISTS edits_status ON edits(status);
 CREATE INDEX IF NOT EXISTS edits_question ON edits(question_key, status);
@@ -193,16 +194,18 @@ class EditMaskDatabase:
             failpoint("db.commit.after")
 
     def insert_edit(self, *, prompt: str, question: str, target: str, cols: torch.Tensor, delta: torch.Tensor,
-                    source: str, importance: float, steps: int, loss: float, supersedes: int | None = None) -> int:
+                    source: str, importance: float, steps: int, loss: float, supersedes: int | None = None,
+                    qkey: torch.Tensor | None = None) -> int:
         c, d, digest = pack(cols, delta)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        k = None if qkey is None else qkey.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
         with self.transaction():
             failpoint("db.insert.before")
             cur = self.conn.execute(
-                f"INSERT INTO edits({_COLUMNS[4:]}, question_key, cols, delta, checksum) VALUES "
-                "(?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO edits({_COLUMNS[4:]}, question_key, cols, delta, checksum, qkey) VALUES "
+                "(?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (prompt, question, target, source, created, float(importance), supersedes, int(steps), float(loss),
-                 question_key(question), c, d, digest))
+                 question_key(question), c, d, digest, k))
             failpoint("db.insert.after")
             return int(cur.lastrowid)
 
@@ -247,6 +250,17 @@ class EditMaskDatabase:
         cols = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.int32).reshape(len(rows), k) if rows \
             else np.zeros((0, k), dtype=np.int32)
         return ids, cols
+
+    def active_keys(self) -> tuple[list[int], list[str], list[bytes | None]]:
+        """ids, questions and stored sentence keys (or None) of every active edit, in id order."""
+        rows = self.conn.execute("SELECT id, question, qkey FROM edits WHERE status = 'active' ORDER BY id").fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def set_qkeys(self, ids: list[int], keys: torch.Tensor) -> None:
+        with self.transaction():
+            self.conn.executemany("UPDATE edits SET qkey = ? WHERE id = ?",
+                                  [(k.to("cpu", torch.float32).contiguous().numpy().tobytes(), int(i))
+                                   for i, k in zip(ids, keys)])
 
     def sparse(self, edit_id) -> tuple[torch.Tensor, torch.Tensor]:
         """(cols (k,), delta (d_model, k)) of one edit, its checksum verified."""
