@@ -180,6 +180,7 @@ def test_same_masks_in_a_fresh_process(tmp_path):
     assert torch.equal(out["b"], fp.columns(x))
 
 
+@pytest.mark.slow  # two interpreters importing torch (~8 s on 2 busy cores) for a helper script
 def test_generate_permutation_script(tmp_path):
     out = tmp_path / "data" / "perm_64.safetensors"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "generate_permutation.py"), "--hidden_size", "64",
