@@ -322,9 +322,9 @@ def checkpoint(ed: MemoirEditor, facts: list[Fact], T: int, latest: set[int], ar
     # the sets' own neighbours (never edited); for zsRE the next records, not edited yet, which share
     # templates with the edited ones
     neighbours = [q for f in sample if f.neighbours for q in f.neighbours[:1]][: args.neighbours]
-    if len(neighbours) < args.neighbours:
-        edited_q = {normalize(f.question) for f in edited}
-        neighbours += [f.question for f in facts[T:] if not f.neighbours and normalize(f.question) not in edited_q][
+    if len(neighbours) < args.neighbours:  # questions about subjects no edit is about
+        edited_subjects = {f.subject for f in edited}
+        neighbours += [f.question for f in facts[T:] if not f.neighbours and f.subject not in edited_subjects][
             : args.neighbours - len(neighbours)]
     gen_here = args.generation and (args.generation_max is None or T <= args.generation_max)
     secs = result["edit_seconds"][:T]
