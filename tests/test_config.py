@@ -33,6 +33,9 @@ BAD = [
     ("similarity_threshold", "-0.1", "0.01"),
     ("similarity_threshold", "1.01", "1"),
     ("similarity_threshold", "nan", "0.5"),
+    ("mask_overlap", "0", "1.0"),
+    ("mask_overlap", "1.5", "0.01"),
+    ("key", "minilm", "tophash"),
     ("top_k", "0", "1"),
     ("top_k", "-4", "1"),
     ("top_k", "2.5", "3"),
@@ -76,9 +79,10 @@ def test_every_editor_range_is_refused_from_the_environment_with_its_name(monkey
 
 @pytest.mark.parametrize("field,bad,good", BAD)
 def test_every_editor_range_is_refused_in_python_too(field, bad, good):
-    value = {"fast": "maybe", "head_dtype": "float16"}.get(field)
+    value = {"fast": "maybe", "head_dtype": "float16", "key": "minilm"}.get(field)
     if value is None:
-        value = float(bad) if field in ("similarity_threshold", "learning_rate", "stop_loss") or "." in bad \
+        value = float(bad) if field in ("similarity_threshold", "mask_overlap", "learning_rate", "stop_loss") \
+            or "." in bad \
             else (int(bad) if bad.lstrip("-").isdigit() else bad)
     with pytest.raises(ValidationError) as err:
         EditorConfig(**{field: value})
@@ -87,8 +91,8 @@ def test_every_editor_range_is_refused_in_python_too(field, bad, good):
 
 def test_defaults_and_every_field_has_an_env_name():
     cfg = EditorConfig()
-    assert (cfg.top_k, cfg.similarity_threshold, cfg.max_steps, cfg.layer) == (128, 0.45, 30, None)
-    assert 0 < cfg.learning_rate <= LR_MAX
+    assert (cfg.top_k, cfg.max_steps, cfg.layer, cfg.key) == (128, 30, None, "sentence")
+    assert 0 < cfg.learning_rate <= LR_MAX and 0 < cfg.similarity_threshold <= 1 and 0 < cfg.mask_overlap <= 1
     assert cfg.resolved_layer(30) == 25 and cfg.resolved_layer(3) == 2 and EditorConfig(layer=1).resolved_layer(30) == 1
     assert {env_name(f) for f in EDITOR_FIELDS} <= KNOWN_ENV
     assert env_name("top_k") == "MEMOIR_TOP_K"

@@ -281,7 +281,7 @@ def pooled_for(cols: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def test_router_decides_by_overlap_and_threshold():
+def test_router_tophash_decides_by_mask_overlap_and_threshold():
     deltas = {1: (torch.arange(0, 8), weight(1, K)), 2: (torch.arange(8, 16), weight(2, K))}
     reads = []
 
@@ -289,15 +289,15 @@ def test_router_decides_by_overlap_and_threshold():
         reads.append(i)
         return deltas[i]
 
-    router = Router(fp(), 0.5, D_MODEL, delta)
-    assert router.decide(pooled_for(torch.arange(8)).view(1, -1)) == [Decision(None, 0.0, None)]
-    router.load([1, 2], torch.stack([deltas[1][0], deltas[2][0]]))
+    router = Router(fp(), D_MODEL, delta, key="tophash", mask_overlap=0.5)
+    assert router.decide_pooled(pooled_for(torch.arange(8)).view(1, -1)) == [Decision(None, 0.0, None)]
+    router.load([1, 2], torch.stack([deltas[1][0], deltas[2][0]]), ["q1", "q2"], torch.zeros(2, 384))
     assert len(router) == 2 and 1 in router and 3 not in router
     q = torch.stack([pooled_for(torch.arange(0, 8)),  # edit 1 exactly
                      pooled_for(torch.tensor([8, 9, 10, 11, 40, 41, 42, 43])),  # half of edit 2: at the threshold
                      pooled_for(torch.tensor([0, 1, 2, 40, 41, 42, 43, 44])),  # 3/8 of edit 1: below
                      pooled_for(torch.arange(40, 48))])  # nothing
-    got = router.decide(q)
+    got = router.decide_pooled(q)
     assert got[0] == Decision(1, 1.0, 1)
     assert got[1] == Decision(2, 0.5, 2)
     assert got[2] == Decision(None, 0.375, 1)  # the nearest is reported, it does not fire
@@ -308,16 +308,36 @@ def test_router_decides_by_overlap_and_threshold():
     assert torch.equal(r.cols, torch.stack([deltas[1][0], deltas[2][0]]))
     assert torch.equal(r.weight, torch.stack([deltas[1][1], deltas[2][1]]))
     router.remove(1)
-    assert 1 not in router and router.decide(q[:1])[0].edit_id is None
-    router.add(1, deltas[1][0])
-    assert router.decide(q[:1])[0] == Decision(1, 1.0, 1)
+    assert 1 not in router and router.decide_pooled(q[:1])[0].edit_id is None
+    router.add(1, deltas[1][0], "q1", torch.zeros(384))
+    assert router.decide_pooled(q[:1])[0] == Decision(1, 1.0, 1)
     empty = router.route([Decision(None, 0.0, None)] * 3, "cpu")
     assert empty.rows.numel() == 0 and empty.cols.shape == (0, K) and empty.weight.shape == (0, D_MODEL, K)
 
 
-def test_router_threshold_one_needs_the_exact_mask():
-    router = Router(fp(), 1.0, D_MODEL, lambda i: (torch.arange(8), weight(i, K)))
-    router.add(5, torch.arange(8))
+def test_router_tophash_overlap_one_needs_the_exact_mask():
+    router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="tophash", mask_overlap=1.0)
+    router.add(5, torch.arange(8), "q", torch.zeros(384))
     near = pooled_for(torch.tensor([0, 1, 2, 3, 4, 5, 6, 9]))
-    assert router.decide(near.view(1, -1))[0] == Decision(None, 0.875, 5)
-    assert router.decide(pooled_for(torch.arange(8)).view(1, -1))[0].edit_id == 5
+    assert router.decide_pooled(near.view(1, -1))[0] == Decision(None, 0.875, 5)
+    assert router.decide_pooled(pooled_for(torch.arange(8)).view(1, -1))[0].edit_id == 5
+
+
+def test_router_sentence_key_matches_questions_by_meaning_with_a_name_check():
+    router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="sentence",
+                    similarity_threshold=0.8)
+    stored = ["What is the capital of France?", "Who wrote The Old Man and the Sea?"]
+    router.load([1, 2], torch.stack([torch.arange(8), torch.arange(8, 16)]), stored, router.encode(stored))
+    got = router.decide_questions(["What is the capital of France?", "what is the capital of france",
+                                   "What is the capital of Australia?", "Write a haiku about the sea.",
+                                   "Who wrote The Old Man and the Sea?"])
+    assert got[0].edit_id == 1 and got[0].overlap == pytest.approx(1.0, abs=1e-5)
+    assert got[1].edit_id == 1  # case and punctuation aside: the same question
+    assert got[2].edit_id is None and got[2].nearest == 1  # a look-alike about another subject: vetoed by name
+    assert got[3].edit_id is None
+    assert got[4].edit_id == 2
+    router.remove(1)
+    assert router.decide_questions(["What is the capital of France?"])[0].edit_id is None
+    assert len(router) == 1 and 2 in router
+    keys = router.encode(["a", "b c"])
+    assert keys.shape == (2, 384) and torch.allclose(keys.norm(dim=1), torch.ones(2), atol=1e-5)
