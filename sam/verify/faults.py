@@ -50,7 +50,7 @@ from typing import Callable
 from sam.constants import DB_FILE, FINGERPRINTER_FILE, LOCK_FILE
 
 PRE_MODEL_S = 15.0  # a refusal before any model loads (the subprocess imports torch at most)
-REFUSAL_S = float(os.environ.get("SAM_FAULTS_REFUSAL_S", "30"))  # one that loads the model first
+REFUSAL_S = float(os.environ.get("SAM_FAULTS_REFUSAL_S", "20"))  # one that loads the model first
 COMMAND_S = 900  # any single sam process
 
 # The base store (real model): four good edits, the third superseded by the fourth.
@@ -284,6 +284,11 @@ def build_base_store(root: Path, model: str = "default") -> dict:
     from sam.orchestration.testing import fresh_store
     from sam_skills.answer import MAX_NEW_TOKENS
 
+    saved = root.parent / "base.json"
+    if saved.exists() and (root / DB_FILE).exists():  # a kept --work folder: reuse what an earlier run made
+        data = json.loads(saved.read_text())
+        return {"store": root, **{k: {q: tuple(v) for q, v in data[k].items()} for k in ("answers", "unedited")},
+                "saturn": tuple(data["saturn"])}
     shutil.rmtree(root, ignore_errors=True)
     fresh_store(root, model=model)
     threads = torch.get_num_threads()
@@ -306,6 +311,7 @@ def build_base_store(root: Path, model: str = "default") -> dict:
                 edited.update(answers([q]))
     finally:
         torch.set_num_threads(threads)
+    saved.write_text(json.dumps({"answers": edited, "unedited": unedited, "saturn": saturn}, ensure_ascii=False))
     return {"store": root, "answers": edited, "unedited": unedited, "saturn": saturn}
 
 
@@ -321,10 +327,16 @@ def snapshot(store: Path) -> dict:
             rows = {i: {"question": p.strip(), "target": t, "status": s, "blob": hashlib.sha256(b).hexdigest()}
                     for i, p, t, s, b in con.execute("SELECT id, prompt, target, status, sparse FROM edits")}
         else:
-            rows = {i: {"question": q, "target": t, "status": s, "supersedes": sup, "checksum": c,
-                        "blob": hashlib.sha256(cb + db_).hexdigest()}
-                    for i, q, t, s, sup, c, cb, db_ in con.execute(
-                        "SELECT id, question, target, status, supersedes, checksum, cols, delta FROM edits")}
+            rows = {}
+            for (i,) in con.execute("SELECT id FROM edits ORDER BY id").fetchall():
+                try:  # row by row: a damaged page makes its rows unreadable, not the snapshot
+                    q, t, s, sup, c, cb, db_ = con.execute(
+                        "SELECT question, target, status, supersedes, checksum, cols, delta FROM edits WHERE id = ?",
+                        (i,)).fetchone()
+                    rows[i] = {"question": q, "target": t, "status": s, "supersedes": sup, "checksum": c,
+                               "blob": hashlib.sha256(cb + db_).hexdigest()}
+                except sqlite3.DatabaseError:
+                    rows[i] = {"unreadable": True}
     finally:
         con.close()
     return {"schema": int(meta.get("schema", "1")), "meta": meta, "rows": rows}
@@ -375,8 +387,10 @@ def compare_rows(before: dict, after: dict, statuses: dict[int, str] | None = No
     statuses are `statuses` (default: unchanged) and the rows past `before` are exactly `new`
     (dicts of question/target/status[/supersedes])."""
     problems, lost = [], False
-    want = {i: r["status"] for i, r in before["rows"].items()} | (statuses or {})
+    want = {i: r.get("status") for i, r in before["rows"].items()} | (statuses or {})
     for i, r in before["rows"].items():
+        if r.get("unreadable"):
+            continue  # damaged before: it can only be reported
         got = after["rows"].get(i)
         if got is None:
             problems.append(f"edit {i} is gone")
@@ -386,13 +400,13 @@ def compare_rows(before: dict, after: dict, statuses: dict[int, str] | None = No
             if key in r and got.get(key) != r[key]:
                 problems.append(f"edit {i}: {key} changed")
                 lost = True
-        if got["status"] != want[i]:
-            problems.append(f"edit {i}: status {got['status']}, want {want[i]}")
+        if got.get("status") != want[i]:
+            problems.append(f"edit {i}: status {got.get('status')}, want {want[i]}")
     extra = [after["rows"][i] for i in sorted(after["rows"]) if i not in before["rows"]]
     expected = new or []
     if len(extra) != len(expected):
         problems.append(f"{len(extra)} new edit row(s), want {len(expected)}: "
-                        f"{[(r['question'], r['target'], r['status']) for r in extra]}")
+                        f"{[(r.get('question'), r.get('target'), r.get('status')) for r in extra]}")
     else:
         for got, exp in zip(extra, expected):
             for key, value in exp.items():
@@ -407,7 +421,7 @@ def one_active_per_question(snap: dict) -> list[str]:
     seen: dict[str, int] = {}
     problems = []
     for i, r in snap["rows"].items():
-        if r["status"] == "active":
+        if r.get("status") == "active":
             key = normalize(r["question"])
             if key in seen:
                 problems.append(f"edits {seen[key]} and {i} are both active for '{r['question']}'")
@@ -749,13 +763,14 @@ def _commands(d: Path) -> dict[str, list[str]]:
             "ask": ["--json", "ask", BASE_EDITS[0][0]], "ask-other": ["--json", "ask", BASE_EDITS[1][0]]}
 
 
-def _corrupt(kind: str, command: str, expect: str, fragment: str = "", slow: bool = False, base: bool = False,
+def _corrupt(kind: str, command: str, expect: str, fragment: str = "", base: bool = False,
              then: Callable | None = None) -> Case:
     def run(env: Env, d: Path) -> Outcome:
         t0, out = time.perf_counter(), Outcome("corrupt", f"{kind}: {command}", expect)
         store = copy_store(env.base()["store"] if base else env.hand(), d / "store")
         CORRUPTIONS[kind](store)
-        before = snapshot(store) if kind in _HEALTHY_DB else None  # the damaged row included: sam must keep it
+        # the damaged row included (sam must keep it as it is); with a bad page, the rows still readable
+        before = snapshot(store) if kind in _HEALTHY_DB or kind == "db-page" else None
         digests = {name: file_digest(store / name) for name in (DB_FILE, FINGERPRINTER_FILE)}
         holder = _LockHolder(store) if kind == "lock-held" else None
         try:
@@ -769,7 +784,7 @@ def _corrupt(kind: str, command: str, expect: str, fragment: str = "", slow: boo
             if not writes and file_digest(store / name) != digest:
                 problems.append(f"{name} was {'created' if digest is None else 'changed'} by `{command}`")
                 out.data_lost |= digest is not None and name == DB_FILE
-        if kind in _HEALTHY_DB:
+        if before is not None:
             statuses = {1: "reverted"} if kind == "delta-checksum" and command == "repair" else {}
             new = [{"question": NEW_Q, "target": NEW_A, "status": "active"}] if command == "correct" and \
                 proc.rc == 0 else []
@@ -778,8 +793,8 @@ def _corrupt(kind: str, command: str, expect: str, fragment: str = "", slow: boo
             out.data_lost |= lost
         if then is not None and not problems:
             problems += then(env, store, out)
-        return _finish(out, problems, t0)
-    return Case("corrupt", f"{kind}:{command}", run, slow=slow or base)
+        return _finish(out, problems, t0, None if problems else proc.brief())
+    return Case("corrupt", f"{kind}:{command}", run, slow=base)
 
 
 def _then_check_ok(env: Env, store: Path, out: Outcome) -> list[str]:
@@ -815,41 +830,41 @@ def corrupt_cases() -> list[Case]:
         # the database itself: refused with one line, never replaced or emptied
         C("db-deleted", "list", "refuse", "is missing but"), C("db-deleted", "correct", "refuse", "is missing but"),
         C("db-deleted", "doctor", "report", "is missing"),
-        C("db-deleted", "export", "refuse", "is missing but", slow=True),
-        C("db-deleted", "upgrade", "refuse", "is missing but", slow=True),
-        C("db-deleted", "repair", "refuse", "is missing but", slow=True),
-        C("db-deleted", "revert", "refuse", "is missing but", slow=True),
+        C("db-deleted", "export", "refuse", "is missing but"),
+        C("db-deleted", "upgrade", "refuse", "is missing but"),
+        C("db-deleted", "repair", "refuse", "is missing but"),
+        C("db-deleted", "revert", "refuse", "is missing but"),
         C("db-empty", "doctor", "report", "0 bytes"), C("db-empty", "upgrade", "refuse", "0 bytes"),
-        C("db-empty", "list", "refuse", "0 bytes", slow=True), C("db-empty", "correct", "refuse", "0 bytes", slow=True),
-        C("db-empty", "repair", "refuse", "0 bytes", slow=True),
+        C("db-empty", "list", "refuse", "0 bytes"), C("db-empty", "correct", "refuse", "0 bytes"),
+        C("db-empty", "repair", "refuse", "0 bytes"),
         C("db-header", "list", "refuse", "cannot read edit database"), C("db-header", "repair", "refuse", "cannot read"),
-        C("db-header", "doctor", "report", "cannot read", slow=True),
-        C("db-header", "upgrade", "refuse", "cannot read", slow=True),
-        C("db-header", "correct", "refuse", "cannot read", slow=True),
+        C("db-header", "doctor", "report", "cannot read"),
+        C("db-header", "upgrade", "refuse", "cannot read"),
+        C("db-header", "correct", "refuse", "cannot read"),
         C("db-page", "doctor", "report", "unreadable"),
-        C("db-page", "list", "work_or_refuse", slow=True), C("db-page", "export", "work_or_refuse", slow=True),
-        C("db-page", "upgrade", "work_or_refuse", slow=True), C("db-page", "repair", "refuse", "integrity", slow=True),
+        C("db-page", "list", "work_or_refuse"), C("db-page", "export", "work_or_refuse"),
+        C("db-page", "upgrade", "work_or_refuse"), C("db-page", "repair", "refuse", "integrity"),
         # one delta fails its checksum: reported, taken out of use by repair, nothing else touched
         C("delta-checksum", "doctor", "report", "checksum mismatch"),
         C("delta-checksum", "repair", "work", "checksum mismatch: reverted", then=_then_check_ok),
-        C("delta-checksum", "list", "work", slow=True), C("delta-checksum", "export", "work", slow=True),
-        C("delta-checksum", "upgrade", "work", slow=True),
+        C("delta-checksum", "list", "work"), C("delta-checksum", "export", "work"),
+        C("delta-checksum", "upgrade", "work"),
         # the fingerprinter: readers of the store alone still work; it is never made up or replaced
         C("fp-deleted", "doctor", "report", "missing"), C("fp-garbled", "doctor", "report", "not the fingerprinter"),
-        C("fp-header", "doctor", "report", "cannot read fingerprinter", slow=True),
-        C("fp-deleted", "list", "work", slow=True), C("fp-deleted", "upgrade", "work", slow=True),
-        C("fp-garbled", "list", "work", slow=True), C("fp-garbled", "upgrade", "work", slow=True),
-        C("fp-header", "list", "work", slow=True), C("fp-header", "export", "work", slow=True),
+        C("fp-header", "doctor", "report", "cannot read fingerprinter"),
+        C("fp-deleted", "list", "work"), C("fp-deleted", "upgrade", "work"),
+        C("fp-garbled", "list", "work"), C("fp-garbled", "upgrade", "work"),
+        C("fp-header", "list", "work"), C("fp-header", "export", "work"),
         # locks: a leftover lock file is harmless; a held one stops writers only
-        C("lock-stale", "upgrade", "work"), C("lock-stale", "repair", "work", "nothing to repair", slow=True),
-        C("lock-stale", "doctor", "work", "free", slow=True),
-        C("lock-stale", "revert-reverted", "refuse", "already reverted", slow=True),
+        C("lock-stale", "upgrade", "work"), C("lock-stale", "repair", "work", "nothing to repair"),
+        C("lock-stale", "doctor", "work", "free"),
+        C("lock-stale", "revert-reverted", "refuse", "already reverted"),
         C("lock-held", "list", "work"), C("lock-held", "upgrade", "refuse", "in use by another sam process"),
-        C("lock-held", "correct", "refuse", "in use by another sam process", slow=True),
-        C("lock-held", "revert", "refuse", "in use by another sam process", slow=True),
-        C("lock-held", "repair", "refuse", "in use by another sam process", slow=True),
-        C("lock-held", "doctor", "work", "held by another sam process", slow=True),
-        C("lock-held", "export", "work", slow=True),
+        C("lock-held", "correct", "refuse", "in use by another sam process"),
+        C("lock-held", "revert", "refuse", "in use by another sam process"),
+        C("lock-held", "repair", "refuse", "in use by another sam process"),
+        C("lock-held", "doctor", "work", "held by another sam process"),
+        C("lock-held", "export", "work"),
         # on the real model's store
         C("delta-checksum", "ask", "refuse", "fails its checksum", base=True,
           then=_then_repair_and_answer(0, unedited=True)),
@@ -862,11 +877,11 @@ def corrupt_cases() -> list[Case]:
         C("db-page", "ask", "work_or_refuse", base=True), C("db-page", "correct", "work_or_refuse", base=True),
         C("lock-held", "ask", "work", base=True),
         C("lock-stale", "correct", "work", base=True),
-    ] + [_export_file_case("tampered", "checksum mismatch"), _export_file_case("truncated", "is not JSON", slow=True),
-         _export_file_case("tampered", "checksum mismatch", dry_run=True, slow=True)]
+    ] + [_export_file_case("tampered", "checksum mismatch"), _export_file_case("truncated", "is not JSON"),
+         _export_file_case("tampered", "checksum mismatch", dry_run=True)]
 
 
-def _export_file_case(how: str, fragment: str, dry_run: bool = False, slow: bool = False) -> Case:
+def _export_file_case(how: str, fragment: str, dry_run: bool = False) -> Case:
     def run(env: Env, d: Path) -> Outcome:
         t0, out = time.perf_counter(), Outcome("corrupt", f"export file {how}: import{' --dry-run' if dry_run else ''}",
                                                "refuse")
@@ -885,7 +900,7 @@ def _export_file_case(how: str, fragment: str, dry_run: bool = False, slow: bool
         if target.exists():
             problems.append("the import created a store")
         return _finish(out, problems, t0)
-    return Case("corrupt", f"export-{how}:import{'-dry-run' if dry_run else ''}", run, slow=slow)
+    return Case("corrupt", f"export-{how}:import{'-dry-run' if dry_run else ''}", run)
 
 
 # === (c) bad settings =======================================================================================
