@@ -87,8 +87,9 @@ def _errors() -> Iterator[None]:
         _fail(setting_error(exc))
     except PermissionError as exc:
         _fail(f"permission denied: {exc.filename or exc}")
-    except OSError as exc:
-        _fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+    except OSError as exc:  # a rename names its target (filename2), not the temp file it came from
+        where = exc.filename2 or exc.filename
+        _fail(f"{exc.strerror or exc}{': ' + str(where) if where else ''}")
     except KeyboardInterrupt:
         _fail("interrupted")
 
