@@ -41,7 +41,7 @@ class ExportedEdit(BaseModel):
     def _v1(cls, data):
         if isinstance(data, dict) and "question" not in data and isinstance(data.get("prompt"), str):
             data = {**data, "question": data["prompt"].strip()}  # version 1: the line format's "question\n"
-        if isinstance(data, dict) and isinstance(data.get("importance"), int):
+        if isinstance(data, dict) and type(data.get("importance")) is int:  # not a bool: True is no importance
             data = {**data, "importance": float(data["importance"])}
         return data
 
