@@ -35,6 +35,8 @@ class EditorConfig(BaseModel):
                                 "with a name check) or tophash (MEMOIR's mask overlap of the memory layer's input).")
     similarity_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Key cosine at which an edit fires "
                                         "(key=sentence).")
+    template_threshold: float = Field(0.5, ge=-1.0, le=1.0, description="Cosine of the questions with their names "
+                                      "masked, needed too: what is asked must match (key=sentence).")
     mask_overlap: float = Field(0.45, gt=0.0, le=1.0, description="Mask overlap at which an edit fires (key=tophash).")
     learning_rate: float = Field(0.1, gt=0.0, le=10.0, allow_inf_nan=False,
                                  description="Adam learning rate of an edit's delta.")

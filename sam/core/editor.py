@@ -34,6 +34,7 @@ from sam.core.memory_layer import ResidualMemoryLayer, Route, attach_memory, num
 from sam.core.model_loader import LoadedModel, load_model, resolve_model_dir, tensor_digest
 from sam.core.prompts import Prompt, PromptFormat, Turn, normalize
 from sam.core.router import Decision, Router
+from sam.core.sentence_key import DIM as KEY_DIM
 from sam.core.store import Store
 from sam.core.trainer import EditRequest, EditTrainer, TrainOutcome
 from sam.errors import CorruptStoreError, EditFailedError, InvalidInputError, SamError
@@ -155,10 +156,11 @@ class MemoirEditor:
                               "top_k": self.fingerprinter.top_k, "fingerprinter": self.fingerprinter.digest(),
                               "prompt_format": self.prompts.style})
         self.router = Router(self.fingerprinter, self.memory.out_features, self._delta, self.device, key=cfg.key,
-                             similarity_threshold=cfg.similarity_threshold, mask_overlap=cfg.mask_overlap)
+                             similarity_threshold=cfg.similarity_threshold,
+                             template_threshold=cfg.template_threshold, mask_overlap=cfg.mask_overlap)
         if self.store is not None:
             ids, cols = self.store.active_columns()
-            questions, keys = self.store.active_keys(self.router.encode) if len(ids) else ([], torch.zeros(0, 384))
+            questions, keys = self.store.active_keys(self.router.encode) if len(ids) else ([], torch.zeros(0, KEY_DIM))
             self.router.load(ids, cols, questions, keys)
         self._prefixes: list[str] | None = None
         head_dtype = None if cfg.head_dtype == "auto" else getattr(torch, cfg.head_dtype)
@@ -486,7 +488,7 @@ class MemoirEditor:
             if not p.outcome.finite:
                 raise EditFailedError("an edit's training diverged (non-finite loss or delta): nothing was written")
         results = []
-        keys = self.router.encode([p.prompt.question for p in pending]) if pending else torch.zeros(0, 384)
+        keys = self.router.encode([p.prompt.question for p in pending]) if pending else torch.zeros(0, KEY_DIM)
         failpoint("editor.commit.before")
         try:
             with store.transaction():

@@ -2,8 +2,10 @@
 
 Two keys, chosen by EditorConfig.key:
 
-    sentence (default):  fire(q) = the most similar active edit i whose question s_i has
-                         cos(MiniLM(q), MiniLM(s_i)) >= similarity_threshold  and  names(s_i) ⊆ words(q)
+    sentence (default):  among the active edits i whose question s_i names only words q has
+                         (names(s_i) ⊆ words(q)) and asks what q asks (template cosine >= template_threshold),
+                         the most similar (question cosine) fires if >= similarity_threshold
+                         (MiniLM sentence embeddings, see sam/core/sentence_key.py)
     tophash (MEMOIR):    fire(q) = argmax_i overlap(TopHash(q), mask_i)  if >= mask_overlap
 
 The sentence key reads the question text alone, so it is the same in any conversation, and is
@@ -16,6 +18,7 @@ The router owns the routing state; the editor tells it when edits come and go.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,10 +26,8 @@ import torch
 
 from sam.core.fingerprinter import TopHashFingerprinter
 from sam.core.memory_layer import Route
-from sam.core.sentence_key import DIM, SentenceKey, names_match
+from sam.core.sentence_key import DIM, SentenceKey, names, words
 from sam.memory.mask_index import MaskIndex
-
-CANDIDATES = 8  # nearest questions checked, in order, against the name veto
 
 
 @dataclass(frozen=True)
@@ -39,21 +40,27 @@ class Decision:
 class Router:
     def __init__(self, fingerprinter: TopHashFingerprinter, d_model: int,
                  delta: Callable[[int], tuple[torch.Tensor, torch.Tensor]], device: str | torch.device = "cpu",
-                 key: str = "sentence", similarity_threshold: float = 0.8, mask_overlap: float = 0.45):
+                 key: str = "sentence", similarity_threshold: float = 0.8, template_threshold: float = 0.5,
+                 mask_overlap: float = 0.45):
         self.fingerprinter, self.d_model, self.key = fingerprinter, d_model, key
-        self.similarity_threshold, self.mask_overlap = similarity_threshold, mask_overlap
+        self.similarity_threshold, self.template_threshold = similarity_threshold, template_threshold
+        self.mask_overlap = mask_overlap
         self.device = torch.device(device)
         self._delta = delta  # edit id -> (cols (k,), delta (d_model, k))
         self.index = MaskIndex(fingerprinter.size, fingerprinter.top_k, device)
         self.sentences = SentenceKey(self.device)
-        self._keys = torch.zeros(0, DIM, device=self.device)  # (capacity, 384), rows of the active edits
+        self._keys = torch.zeros(0, DIM, device=self.device)  # (capacity, 768), rows of the active edits
         self._ids: list[int] = []
         self._questions: list[str] = []
         self._row: dict[int, int] = {}
+        self._known: Counter = Counter()  # the names of the active edits' questions
+        self._names: list[set[str]] = []  # per row
+        self._n_names: list[int] = []
+        self._by_name: dict[str, set[int]] = {}  # name -> rows
 
     # --- the active set --------------------------------------------------------------------------------
     def load(self, ids, cols, questions: list[str], keys: torch.Tensor) -> None:
-        """The active edits at open: ids (N,), TopHash columns (N, k), questions, sentence keys (N, 384)."""
+        """The active edits at open: ids (N,), TopHash columns (N, k), questions, sentence keys (N, 768)."""
         self.index.add(ids, cols)
         self._append([int(i) for i in ids], questions, keys)
 
@@ -70,22 +77,37 @@ class Router:
             self._keys = grown
         self._keys[n:need] = keys.to(self.device, torch.float32)
         for i, q in zip(ids, questions):
-            self._row[i] = len(self._ids)
+            r = len(self._ids)
+            self._row[i] = r
             self._ids.append(i)
             self._questions.append(q)
+            nm = names(q)
+            self._names.append(nm)
+            self._n_names.append(len(nm))
+            for w in nm:
+                self._by_name.setdefault(w, set()).add(r)
+            self._known.update(nm)
 
     def remove(self, edit_id: int) -> None:
         self.index.remove(edit_id)
         r = self._row.pop(edit_id, None)
         if r is None:
             return
+        self._known.subtract(self._names[r])
+        self._known += Counter()  # drop names no active edit has any more
+        for w in self._names[r]:
+            self._by_name[w].discard(r)
         last = len(self._ids) - 1
         if r != last:  # move the last row into the hole
             self._keys[r] = self._keys[last]
             self._ids[r], self._questions[r] = self._ids[last], self._questions[last]
+            self._names[r], self._n_names[r] = self._names[last], self._n_names[last]
+            for w in self._names[r]:
+                self._by_name[w].discard(last)
+                self._by_name[w].add(r)
             self._row[self._ids[r]] = r
-        self._ids.pop()
-        self._questions.pop()
+        for lst in (self._ids, self._questions, self._names, self._n_names):
+            lst.pop()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -94,7 +116,7 @@ class Router:
         return edit_id in self._row
 
     def encode(self, questions: list[str]) -> torch.Tensor:
-        """Sentence keys (N, 384) of questions."""
+        """Sentence keys (N, 768) of questions."""
         return self.sentences.encode(questions)
 
     # --- decisions -------------------------------------------------------------------------------------
@@ -102,19 +124,40 @@ class Router:
         """(B, d_ff) pooled question activations -> (B, k) TopHash masks: the columns an edit trains."""
         return self.fingerprinter.columns(pooled)
 
+    def allowed(self, question: str) -> torch.Tensor:
+        """(N,) bool: the active edits whose names all appear in the question (an edit without names: all)."""
+        n = len(self._ids)
+        allowed = torch.zeros(n, dtype=torch.bool)
+        hits: Counter = Counter()
+        for w in words(question):
+            for r in self._by_name.get(w, ()):
+                hits[r] += 1
+        for r, count in hits.items():
+            if count == self._n_names[r]:
+                allowed[r] = True
+        allowed[self._nameless_rows()] = True
+        return allowed.to(self.device)
+
+    def _nameless_rows(self) -> list[int]:
+        return [r for r in range(len(self._ids)) if self._n_names[r] == 0]
+
     def decide_questions(self, questions: list[str]) -> list[Decision]:
-        """The sentence key: decided from the question texts, before any forward."""
+        """The sentence key: decided from the question texts, before any forward. Among the edits whose
+        names the question mentions, the one with the most similar template fires if similar enough."""
         n = len(self._ids)
         if n == 0:
             return [Decision(None, 0.0, None) for _ in questions]
-        sims = self.encode(questions).to(self.device) @ self._keys[:n].T  # (B, N)
-        top = sims.topk(min(CANDIDATES, n), dim=1)
+        half = DIM // 2
+        keys = self.sentences.encode(questions, known=set(self._known)).to(self.device)  # (B, 768)
+        sims = keys[:, :half] @ self._keys[:n, :half].T  # (B, N): the questions
+        same_ask = keys[:, half:] @ self._keys[:n, half:].T >= self.template_threshold  # (B, N): the templates
         out = []
         for b, q in enumerate(questions):
-            values, rows = top.values[b].tolist(), top.indices[b].tolist()
-            fired = next((self._ids[r] for v, r in zip(values, rows)
-                          if v >= self.similarity_threshold and names_match(self._questions[r], q)), None)
-            out.append(Decision(fired, values[0], self._ids[rows[0]]))
+            masked = sims[b].masked_fill(~(self.allowed(q) & same_ask[b]), -2.0)
+            value, row = (float(v) for v in masked.max(dim=0))
+            row = int(row)
+            fired = self._ids[row] if value >= self.similarity_threshold else None
+            out.append(Decision(fired, max(value, 0.0), self._ids[row] if value > -2.0 else None))
         return out
 
     def decide_pooled(self, pooled: torch.Tensor) -> list[Decision]:

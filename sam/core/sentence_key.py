@@ -1,14 +1,19 @@
 """SentenceKey: which stored question a new question is, by meaning (the router's key).
 
-    key(q) = normalise(mean_t MiniLM(q)_t)        (all-MiniLM-L6-v2, 384-d, from the packaged weights)
-    same(q, s) = cos(key(q), key(s)) >= threshold  and  every name of s appears in q
+    e(t) = normalise(mean_t MiniLM(t)_t)        (all-MiniLM-L6-v2, 384-d, the packaged weights)
+    same(q, s) = every name of s appears in q
+                 and cos(e(template(q)), e(template(s))) >= template_threshold   (what is asked)
+                 and cos(e(q), e(s)) >= similarity_threshold                     (how alike, all told)
+    template: the question with its names replaced by X
 
 The model's own activations (TopHash over the memory layer's input) still choose the columns an
 edit trains; they are a poor router, measured (docs/keys.md): questions of one template about
 different subjects ("capital of France" / "capital of Australia") overlap as much as paraphrases
-do. A sentence embedder separates paraphrases from look-alikes far better, and the name check
-vetoes the look-alikes it still confuses: the capitalised words of the stored question (its
-subject, as a user writes it) must all be in the new one.
+do. A sentence embedder separates paraphrases from look-alikes far better. The name check decides who
+a question is about: the capitalised words of the stored question (its subject, as a user writes
+it) must all be in the new one, and only the edits that pass it compete. The template check decides
+what is asked: with the names masked, "where was X born" and "which language does X speak" differ
+(in a 50,000-edit run without it, a correction about one person replaced another of that person's).
 """
 
 from __future__ import annotations
@@ -21,18 +26,40 @@ import torch
 
 from sam.errors import ModelNotFoundError
 
-DIM = 384
+DIM = 2 * 384  # a key: the question's embedding, then its template's
 _WORD = re.compile(r"[\w][\w\-]*", re.UNICODE)
 
 
+def _bare(word: str) -> str:
+    return re.sub(r"(?:'s|s')$", "", word).lower()
+
+
+def _is_name(word: str, first: bool, known: frozenset | set = frozenset()) -> bool:
+    return (word[:1].isupper() and not first) or any(c.isdigit() for c in word) or _bare(word) in known
+
+
 def names(question: str) -> set[str]:
-    """The capitalised words of a question after its first word, lowercased, without a possessive 's."""
-    words = _WORD.findall(question)
+    """The capitalised words of a question after its first word (and words with digits), lowercased,
+    without a possessive 's: the subject, as a user writes it."""
     out = set()
-    for w in words[1:]:
-        if w[:1].isupper() or any(c.isdigit() for c in w):
-            out.add(re.sub(r"(?:'s|s')$", "", w).lower())
+    for n, m in enumerate(_WORD.finditer(question)):
+        if _is_name(m.group(), n == 0):
+            out.add(_bare(m.group()))
     return out
+
+
+def template(question: str, known: frozenset | set = frozenset()) -> str:
+    """The question with its names replaced by X: what is asked, whoever it is asked about. The key
+    embeds this, so two questions about one subject (where X was born, which language X speaks) are
+    told apart by what they ask, and the name check tells subjects apart."""
+    out, last = [], 0
+    for n, m in enumerate(_WORD.finditer(question)):
+        if _is_name(m.group(), n == 0, known):
+            out.append(question[last: m.start()])
+            out.append("X")
+            last = m.end()
+    out.append(question[last:])
+    return re.sub(r"X(?:\s+X)+", "X", "".join(out))
 
 
 def words(question: str) -> set[str]:
@@ -66,13 +93,23 @@ def _load(device: str):
 
 
 class SentenceKey:
-    """MiniLM sentence embeddings of questions, normalised (N, 384)."""
+    """Sentence keys of questions: MiniLM embeddings of each question and of its template."""
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = str(device)
 
+    def encode(self, questions: list[str], known: frozenset | set = frozenset()) -> torch.Tensor:
+        """Keys (N, 768): each question's embedding, then its template's (names replaced by X; `known`: words
+        that are names wherever they appear, so a question typed in lower case is masked as its stored form)."""
+        if not questions:
+            return torch.zeros(0, DIM)
+        both = self.embed(list(questions) + [template(q, known) for q in questions])
+        return torch.cat([both[: len(questions)], both[len(questions):]], dim=1)
+
     @torch.no_grad()
-    def encode(self, questions: list[str], batch_size: int = 64) -> torch.Tensor:
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(N, 384) normalised MiniLM sentence embeddings."""
+        questions = texts
         tok, model = _load(self.device)
         out = []
         for i in range(0, len(questions), batch_size):
@@ -82,4 +119,4 @@ class SentenceKey:
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             v = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
             out.append(torch.nn.functional.normalize(v, dim=-1).float())
-        return torch.cat(out) if out else torch.zeros(0, DIM)
+        return torch.cat(out) if out else torch.zeros(0, DIM // 2)

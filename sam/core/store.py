@@ -149,15 +149,17 @@ class Store:
         return self.db.active_columns()
 
     def active_keys(self, encode) -> tuple[list[str], torch.Tensor]:
-        """Questions and sentence keys (N, 384) of the active edits, in id order; keys an older sam did not
+        """Questions and sentence keys (N, 768) of the active edits, in id order; keys an older sam did not
         store are computed with `encode` (and kept, by a writer)."""
+        from sam.core.sentence_key import DIM
+
         ids, questions, blobs = self.db.active_keys()
-        missing = [n for n, b in enumerate(blobs) if b is None]
-        keys = torch.zeros(len(ids), 384)
-        present = [n for n, b in enumerate(blobs) if b is not None]
+        missing = [n for n, b in enumerate(blobs) if b is None or len(b) != 4 * DIM]  # none, or another key's
+        keys = torch.zeros(len(ids), DIM)
+        present = [n for n, b in enumerate(blobs) if b is not None and len(b) == 4 * DIM]
         if present:
             keys[present] = torch.frombuffer(bytearray(b"".join(blobs[n] for n in present)),
-                                             dtype=torch.float32).view(len(present), 384)
+                                             dtype=torch.float32).view(len(present), DIM)
         if missing:
             fresh = encode([questions[n] for n in missing]).cpu()
             keys[missing] = fresh

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS edits (
     cols BLOB NOT NULL,            -- k int32, sorted
     delta BLOB NOT NULL,           -- (d_model, k) float32, row-major
     checksum TEXT NOT NULL,        -- sha256 of cols || delta
-    qkey BLOB                      -- the question's sentence key: 384 float32 (recomputable from the question)
+    qkey BLOB                      -- the question's sentence key: 768 float32 (recomputable from the question)
 );
 CREATE INDEX IF NOT EXISTS edits_status ON edits(status);
 CREATE INDEX IF NOT EXISTS edits_question ON edits(question_key, status);
