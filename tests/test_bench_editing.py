@@ -20,7 +20,7 @@ def bench(tmp_path, tiny_llama_dir, zsre, one_thread):
 
     def run(*extra: str) -> dict:
         argv = ["--data", str(data), "--model", str(tiny_llama_dir), "--store", str(store), "--out", str(out),
-                "--tag", "tiny", "--layer", "1", "--top-k", "16", "--max-steps", "3", "--learning-rate", "500",
+                "--tag", "tiny", "--layer", "1", "--top-k", "16", "--max-steps", "3", "--learning-rate", "1",
                 "--neighbours", "2", "--generation-max", "1", *extra]
         assert main(argv) == 0
         return json.loads((out / "tiny.json").read_text())
@@ -67,7 +67,8 @@ def test_benchmark_pauses_resumes_checkpoints_and_clips(bench):
     assert progress == "7" and len(result["edit_seconds"]) == 7
     pairs = [(q, t) for _, q, t, _ in rows]
     assert len(pairs) == len(set(pairs)) and len(rows) <= 7
-    assert len({q for q, _ in pairs}) == sum(s == "active" for *_, s in rows)  # one active edit per question
+    # at most one active edit per question (a question asked in other words may supersede another's too)
+    assert 1 <= sum(s == "active" for *_, s in rows) <= len({q for q, _ in pairs})
 
     # the same command once more has nothing left to do: no edit, no checkpoint twice
     again = bench("--sizes", "1,3,100")
