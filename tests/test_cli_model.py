@@ -115,8 +115,10 @@ def test_a_second_writer_is_refused_while_readers_work(store):
         result = sam(store, "correct", QUESTION, "Jupiter")
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert "in use by another sam process" in result.stderr and result.stderr.count("\n") == 1
-        proc = sam_process(store, "edits", "revert", "1")  # through the console script too: one line, exit 1
-        assert proc.returncode == 1 and "in use by another sam process" in proc.stderr
+        proc = sam_process(store, "upgrade")  # a writer through the console script too: one line, exit 1
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "in use by another sam process" in proc.stderr
+        proc = sam_process(store, "edits", "revert", "1")  # no such edit: answered from the store, lock or not
+        assert proc.returncode == 1 and proc.stderr == "error: no edit with id '1'\n"
         assert sam(store, "--json", "edits", "list").exit_code == 0  # read-only commands still work
         assert ask(store, UNRELATED)["answer"]
     finally:
