@@ -1105,6 +1105,11 @@ def _inputs() -> list[tuple]:
          "edits.0"),
         ("import list question", "none", ["edits", "import", _write("e.json", _export_doc([{**_E, "question": [Q]}]))],
          "refuse", "edits.0.question"),
+        ("import v1 list prompt", "none", ["edits", "import", _write("e.json", _export_doc(
+            [{"prompt": [Q], "target": A}], version=1, checksum=False))], "refuse", "edits.0.question"),
+        ("import boolean importance", "none", ["edits", "import", _write("e.json", _export_doc(
+            [{"prompt": Q + "\n", "target": A, "importance": True}], version=1, checksum=False))], "refuse",
+         "edits.0.importance"),
         ("import string importance", "none",
          ["edits", "import", _write("e.json", _export_doc([{**_E, "importance": "high"}]))], "refuse",
          "edits.0.importance"),
