@@ -139,7 +139,8 @@ def setting_error(exc: ValidationError) -> str:
     return f"invalid setting {name}{shown}: {first['msg']}"
 
 
-KNOWN_ENV = {env_name(f) for f in EDITOR_FIELDS} | {env_name(f) for f in Settings.model_fields if f != "editor"}
+KNOWN_ENV = ({env_name(f) for f in EDITOR_FIELDS} | {"MEMOIR_STORAGE_DIR"}
+             | {env_name(f) for f in Settings.model_fields if f not in ("editor", "storage_dir", "model_cache")})
 
 
 def load_settings(**overrides) -> Settings:

@@ -17,7 +17,8 @@ plus routing itself (does a paraphrase route to its own edit; does anything fire
 seconds per edit, bytes stored per edit against the sparse delta, RAM, the time to open the store,
 and inference overhead. zsRE asks the same question of the same subject with conflicting answers;
 a later answer supersedes the earlier edit, so Rel and Gen are also given over the latest edit of
-each question ("latest"). With --store the run keeps its store and results and resumes where it
+each question ("latest": the facts whose own edit is still the active one). Bytes per edit count every
+stored edit (superseded and reverted ones are kept, for undo). With --store the run keeps its store and results and resumes where it
 stopped (--max-minutes stops it cleanly), so one run can span several GPU calls.
 """
 
@@ -81,9 +82,29 @@ def _mean(xs) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
-def evaluate(ed: MemoirEditor, facts: list[Fact], latest: set[int], neighbours: list[str], generation: bool,
+def current_edits(ed: MemoirEditor, edit_of: dict) -> tuple[dict[int, int], set[int]]:
+    """For each fact (by index): the active edit that answers it now (its own, or the later edit of the same
+    question that superseded it), and the facts whose own edit is still the active one ("latest")."""
+    rows = ed.edits(None)
+    successor = {r.supersedes: r.id for r in rows if r.supersedes is not None}
+    active = {r.id for r in rows if r.status == "active"}
+    current, latest = {}, set()
+    for index, edit_id in edit_of.items():
+        e, seen = edit_id, set()
+        while e not in active and e in successor and e not in seen:
+            seen.add(e)
+            e = successor[e]
+        if e in active:
+            current[int(index)] = e
+        if edit_id in active:
+            latest.add(int(index))
+    return current, latest
+
+
+def evaluate(ed: MemoirEditor, facts: list[Fact], edit_of: dict, neighbours: list[str], generation: bool,
              bs: int = 32) -> dict:
     """Rel/Gen/Loc (teacher-forced and EM), neighbour locality and routing over `facts` (all edited)."""
+    current, latest = current_edits(ed, edit_of)
     render = ed.render
     q = [render(f.question) for f in facts]
     p = [render(f.paraphrases[0]) for f in facts]
@@ -103,11 +124,9 @@ def evaluate(ed: MemoirEditor, facts: list[Fact], latest: set[int], neighbours: 
         "n_latest": sum(is_latest),
         "loc_tf": _mean(_same(a, b) for a, b in zip(loc_post, loc_pre)),
     }
-    # routing: a paraphrase should fire an edit of the same question; a neighbour should fire nothing
-    question_of = {r.id: normalize(r.question) for r in ed.edits("active")}
+    # routing: a paraphrase should fire the edit that answers its fact now; a neighbour should fire nothing
     routed = [d.edit_id for chunk in _batches(p, 64) for d in ed.decide(chunk)]
-    m["para_routed_own"] = _mean(float(e is not None and question_of.get(e) == normalize(f.question))
-                                 for e, f in zip(routed, facts))
+    m["para_routed_own"] = _mean(float(e is not None and e == current.get(f.index)) for e, f in zip(routed, facts))
     if neighbours:
         nq = [render(x) for x in neighbours]
         fired = [d.edit_id is not None for chunk in _batches(nq, 64) for d in ed.decide(chunk)]
@@ -225,7 +244,7 @@ def run(args) -> dict:
     result = {"model": args.model, "device": args.device, "dtype": args.dtype, "format": args.format,
               "dataset": dataset, "config": config.model_dump(), "sizes": sizes, "batch": args.batch,
               "host": platform.node(), "threads": torch.get_num_threads(), "checkpoints": [], "edit_seconds": [],
-              "edit_steps": [], "train_success": []}
+              "edit_steps": [], "train_success": [], "edit_of": {}}
     if path.exists() and args.store and Store.exists(store):
         previous = json.loads(path.read_text())
         if previous.get("dataset") == dataset and previous.get("config") == result["config"]:
@@ -238,9 +257,6 @@ def run(args) -> dict:
         done = int(ed.store.meta(PROGRESS_KEY, "0"))
         if done:
             console.print(f"resuming at fact {done} of {total} ({len(ed.router)} active edits in {store})")
-        latest: dict[str, int] = {}
-        for f in facts[:done]:
-            latest[normalize(f.question)] = f.index
         sparse = ed.fingerprinter.top_k * (ed.memory.out_features * 4 + 4)
         with Progress(TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[info]}"), console=console) as bar:
@@ -252,7 +268,7 @@ def run(args) -> dict:
                                   f"command again to resume[/]")
                     result["paused_at"] = i
                     if i and all(cp["T"] != i for cp in result["checkpoints"]):  # report the state it stopped in
-                        cp = checkpoint(ed, facts, i, set(latest.values()), args, store, sparse, result)
+                        cp = checkpoint(ed, facts, i, args, store, sparse, result)
                         cp["paused"] = True
                         result["checkpoints"].append(cp)
                         console.print(_row_text(cp))
@@ -260,14 +276,12 @@ def run(args) -> dict:
                 nxt = next(s for s in sizes if s > i)
                 chunk = facts[i: min(i + args.batch, nxt)]
                 _edit_chunk(ed, chunk, result)
-                for f in chunk:
-                    latest[normalize(f.question)] = f.index
                 i += len(chunk)
                 ed.store.set_meta(**{PROGRESS_KEY: i})
                 bar.update(task, completed=i, info=f"{result['edit_seconds'][-1]:.2f}s/edit")
                 if i in sizes and all(cp["T"] != i for cp in result["checkpoints"]):
                     bar.update(task, info=f"evaluating T={i}")
-                    cp = checkpoint(ed, facts, i, set(latest.values()), args, store, sparse, result)
+                    cp = checkpoint(ed, facts, i, args, store, sparse, result)
                     result["checkpoints"].append(cp)
                     console.print(_row_text(cp))
                     path.write_text(json.dumps(result, indent=2))
@@ -290,31 +304,35 @@ def _edit_chunk(ed: MemoirEditor, chunk: list[Fact], result: dict) -> None:
     """Edit the facts of a chunk: one at a time, or trained together (--batch) then committed one by one."""
     if len(chunk) == 1:
         f = chunk[0]
-        r = ed.edit(ed.render(f.question), f.target, source="bench")
+        r = ed.edit(ed.render(f.question), f.target, source=f"bench:{f.index}")
+        result["edit_of"][str(f.index)] = r.edit_id
         result["edit_seconds"].append(r.seconds)
         result["edit_steps"].append(r.steps)
         result["train_success"].append(r.success)
         return
-    fresh = [f for f in chunk if _needs_edit(ed, f)]
-    for _ in range(len(chunk) - len(fresh)):  # the same correction again: nothing to train
-        result["edit_seconds"].append(0.0)
-        result["edit_steps"].append(0)
-        result["train_success"].append(True)
+    fresh = []
+    for f in chunk:
+        old = ed.existing(ed.render(f.question))
+        if old is not None and normalize(old.target) == normalize(f.target):  # the same correction again
+            result["edit_of"][str(f.index)] = old.id
+            result["edit_seconds"].append(0.0)
+            result["edit_steps"].append(0)
+            result["train_success"].append(True)
+        else:
+            fresh.append(f)
     pending = ed.train_many([(ed.render(f.question), f.target) for f in fresh], source="bench") if fresh else []
-    ed.commit_many([p for p in pending if p.outcome.finite])
+    for p, f in zip(pending, fresh):
+        p.source = f"bench:{f.index}"
+    kept = [(p, f) for p, f in zip(pending, fresh) if p.outcome.finite]
+    for r, (_, f) in zip(ed.commit_many([p for p, _ in kept]), kept):
+        result["edit_of"][str(f.index)] = r.edit_id
     for p in pending:
         result["edit_seconds"].append(p.seconds)
         result["edit_steps"].append(p.outcome.steps)
         result["train_success"].append(p.success)
 
 
-def _needs_edit(ed: MemoirEditor, f: Fact) -> bool:
-    old = ed.existing(ed.render(f.question))
-    return old is None or normalize(old.target) != normalize(f.target)
-
-
-def checkpoint(ed: MemoirEditor, facts: list[Fact], T: int, latest: set[int], args, store: Path, sparse: int,
-               result: dict) -> dict:
+def checkpoint(ed: MemoirEditor, facts: list[Fact], T: int, args, store: Path, sparse: int, result: dict) -> dict:
     edited = facts[:T]
     rng = random.Random(T)
     sample = edited if len(edited) <= args.eval_sample else sorted(rng.sample(edited, args.eval_sample),
@@ -329,11 +347,12 @@ def checkpoint(ed: MemoirEditor, facts: list[Fact], T: int, latest: set[int], ar
     gen_here = args.generation and (args.generation_max is None or T <= args.generation_max)
     secs = result["edit_seconds"][:T]
     n_active = len(ed.router)
-    return {"T": T, **evaluate(ed, sample, latest, neighbours, gen_here, args.batch_size),
+    n_stored = len(ed.edits(None))
+    return {"T": T, **evaluate(ed, sample, result["edit_of"], neighbours, gen_here, args.batch_size),
             "median_edit_seconds": statistics.median(secs), "mean_edit_seconds": statistics.fmean(secs),
             "median_steps": statistics.median(result["edit_steps"][:T]),
             "train_success": statistics.fmean(result["train_success"][:T]),
-            "active_edits": n_active, "bytes_per_edit": store_bytes(store) / max(n_active, 1),
+            "active_edits": n_active, "stored_edits": n_stored, "bytes_per_edit": store_bytes(store) / max(n_stored, 1),
             "sparse_bytes_per_edit": sparse, "rss_mb": rss_mb(), "open_store_seconds": open_seconds(store),
             **{f"infer_{k}": v for k, v in inference_overhead(ed, sample, bs=args.batch_size).items()}}
 
@@ -358,7 +377,8 @@ def _fmt(v, spec=".3f") -> str:
 
 
 def _row_text(cp: dict) -> str:
-    return (f"T={cp['T']}: Rel {_fmt(cp['rel_tf'])} Gen {_fmt(cp['gen_tf'])} (latest {_fmt(cp['gen_tf_latest'])}) "
+    return (f"T={cp['T']}: Rel {_fmt(cp['rel_tf'])} Gen {_fmt(cp['gen_tf'])} (latest {_fmt(cp['rel_tf_latest'])}/"
+            f"{_fmt(cp['gen_tf_latest'])}) "
             f"Loc {_fmt(cp['loc_tf'])} Loc-nbr {_fmt(cp.get('loc_nbr_tf'))} nbr-silent {_fmt(cp.get('nbr_silent'))} "
             f"para->own {_fmt(cp['para_routed_own'])} (EM {_fmt(cp.get('rel_em'))}/{_fmt(cp.get('gen_em'))}/"
             f"{_fmt(cp.get('loc_em'))}), {cp['median_edit_seconds']:.3f} s/edit, "
@@ -368,7 +388,8 @@ def _row_text(cp: dict) -> str:
 def render(result: dict) -> Table:
     t = Table(title=f"sequential editing — {result['dataset']}, {result['model']} ({result['format']} prompts) on "
                     f"{result['device']}, layer {result.get('layer')}, batch {result.get('batch', 1)}")
-    cols = [("T", "T"), ("Rel", "rel_tf"), ("Gen", "gen_tf"), ("Gen latest", "gen_tf_latest"), ("Loc", "loc_tf"),
+    cols = [("T", "T"), ("Rel", "rel_tf"), ("Gen", "gen_tf"), ("Rel latest", "rel_tf_latest"),
+            ("Gen latest", "gen_tf_latest"), ("Loc", "loc_tf"),
             ("Loc nbr", "loc_nbr_tf"), ("nbr silent", "nbr_silent"), ("para→own", "para_routed_own"),
             ("Rel EM", "rel_em"), ("Gen EM", "gen_em"), ("Loc EM", "loc_em"), ("s/edit", "median_edit_seconds"),
             ("overhead", "infer_overhead"), ("KiB/edit", "bytes_per_edit"), ("RSS MB", "rss_mb"),

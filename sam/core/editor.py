@@ -37,7 +37,7 @@ from sam.core.router import Decision, Router
 from sam.core.sentence_key import DIM as KEY_DIM
 from sam.core.store import Store
 from sam.core.trainer import EditRequest, EditTrainer, TrainOutcome
-from sam.errors import CorruptStoreError, EditFailedError, InvalidInputError, SamError
+from sam.errors import CorruptStoreError, EditFailedError, InvalidInputError, SamError, StoreMismatchError
 from sam.memory.edit_mask_db import MAX_ID, EditRecord
 
 __all__ = ["EditorConfig", "EditRecord", "EditResult", "Generation", "MemoirEditor", "PendingEdit"]
@@ -178,6 +178,9 @@ class MemoirEditor:
             if fp.size != self.memory.in_features:
                 raise CorruptStoreError(f"the store's fingerprinter is for {fp.size} features, layer {self.layer} "
                                         f"has {self.memory.in_features}")
+            if "top_k" in self.config.model_fields_set and self.config.top_k != fp.top_k:
+                raise StoreMismatchError(f"store {self.store.root} was made with top_k {fp.top_k}, not "
+                                         f"{self.config.top_k}; use another --store or leave top_k unset")
             return fp
         rebuilding = self.store is not None and not self.store.created
         if rebuilding and not repair:

@@ -28,7 +28,7 @@ from sam.constants import SCHEMA_VERSION
 from sam.core.failpoints import failpoint
 from sam.errors import CorruptStoreError, StoreMismatchError, UnknownEditError
 
-IDENTITY_KEYS = ("model", "layer", "d_ff", "d_model", "top_k", "fingerprinter")
+IDENTITY_KEYS = ("model", "layer", "d_ff", "d_model", "top_k", "fingerprinter", "prompt_format")
 STATUSES = ("active", "reverted", "superseded")
 MAX_ID = 2**63 - 1
 
@@ -130,9 +130,26 @@ class EditMaskDatabase:
                         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
                                           (str(SCHEMA_VERSION),))
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            if not read_only and self.schema >= SCHEMA_VERSION:
+                self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise CorruptStoreError(f"cannot read edit database {self.path}: {exc}") from exc
+
+    def _add_missing_columns(self) -> None:
+        """Schema 2 grew two columns while it was new (question_key, qkey): add them to a store without."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(edits)")}
+        if not have or {"question_key", "qkey"} <= have:
+            return
+        with self.transaction():
+            if "question_key" not in have:
+                self.conn.execute("ALTER TABLE edits ADD COLUMN question_key TEXT NOT NULL DEFAULT ''")
+                rows = self.conn.execute("SELECT id, question FROM edits").fetchall()
+                self.conn.executemany("UPDATE edits SET question_key = ? WHERE id = ?",
+                                      [(question_key(q), i) for i, q in rows])
+                self.conn.execute("CREATE INDEX IF NOT EXISTS edits_question ON edits(question_key, status)")
+            if "qkey" not in have:
+                self.conn.execute("ALTER TABLE edits ADD COLUMN qkey BLOB")
 
     # --- identity -------------------------------------------------------------------------------------
     @property
