@@ -194,7 +194,8 @@ def test_list_and_export_need_no_model(tmp_path):
     result = run("--store", str(store), *nomodel, "--json", "edits", "list")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [(r["id"], r["status"], r["target"]) for r in rows] == [(1, "active", "Ulaanbaatar"), (2, "active", "Shakespeare")]
+    assert [(r["id"], r["status"], r["target"]) for r in rows] == [(1, "active", "Ulaanbaatar"),
+                                                                   (2, "active", "Shakespeare")]
     result = run("--store", str(store), *nomodel, "edits", "list", "--status", "all")
     assert result.exit_code == 0 and "Ulaanbaatar" in result.stdout and "2 all edit(s)" in result.stdout
 

@@ -88,7 +88,13 @@ def check(line: str) -> list[str]:
                 node = node.commands[name]
             i += 1
             continue
+        if tok == "..." or tok.startswith("("):  # "and so on", or a remark in parentheses: the rest is prose
+            break
         children = getattr(node, "commands", None)
+        if children is not None and re.fullmatch(r"[a-z][a-z-]*(\|[a-z][a-z-]*)+", tok):  # edit|chat|ask
+            problems += [f"no command `sam {' '.join([*path, name])}` (`sam {' '.join(path)}` has: "
+                         f"{', '.join(sorted(children))})" for name in tok.split("|") if name not in children]
+            break
         if children is not None and re.fullmatch(r"[a-z][a-z-]*", tok):
             if tok not in children:
                 problems.append(f"no command `sam {' '.join([*path, tok])}` (`sam {' '.join(path)}` has: "
@@ -127,6 +133,7 @@ def test_every_documented_command_and_option_exists():
     ("correct Q A --bogus-option", "has no option --bogus-option"),
     ("edits list [--status all] | show ID | rewind ID", "no command `sam edits rewind`"),
     ("bench edit --sizes 1,10 --no-such-flag", "has no option --no-such-flag"),
+    ("bench edit|chat|rewind ...   (each takes --help)", "no command `sam bench rewind`"),
 ])
 def test_the_check_catches_divergence(line, fragment):
     assert any(fragment in p for p in check(line)), check(line)
@@ -135,7 +142,8 @@ def test_the_check_catches_divergence(line, fragment):
 def test_the_check_accepts_the_real_forms():
     for line in ("edits list [--status active|reverted|all] | show ID | revert ID | export FILE [--all] | "
                  "import FILE [--dry-run]", "chat / ask / correct / feedback ...", "verify --phase a|b|c|all",
-                 "correct \"Q?\" Jupiter [-p \"Which?\"] --keep-failed", "--store /tmp/s --model default --json ask \"Q?\""):
+                 "correct \"Q?\" Jupiter [-p \"Which?\"] --keep-failed",
+                 "--store /tmp/s --model default --json ask \"Q?\"", "bench edit|chat|ask ...   (each takes --help)"):
         assert check(line) == [], (line, check(line))
 
 

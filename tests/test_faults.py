@@ -68,7 +68,8 @@ def test_fault_slow(slow_outcomes, case_id):
 def test_a_failpoint_kills_only_when_named(monkeypatch):
     monkeypatch.delenv("SAM_FAILPOINT", raising=False)
     failpoint("db.commit.before")  # not named: nothing happens
-    code = "from sam.core.failpoints import failpoint; failpoint('a'); print('after a', flush=True); failpoint('b'); print('after b', flush=True)"
+    code = ("from sam.core.failpoints import failpoint; failpoint('a'); print('after a', flush=True); "
+            "failpoint('b'); print('after b', flush=True)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={"SAM_FAILPOINT": "b", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == -9 and proc.stdout == "after a\n"
