@@ -275,6 +275,8 @@ def main_options(
         settings = load_settings(**overrides)
     if verbose or debug:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(name)s: %(message)s")
+    elif not logging.getLogger("sam").handlers:  # errors reach the user as one line; with no handler at all,
+        logging.getLogger("sam").addHandler(logging.NullHandler())  # logging's last resort printed tracebacks
     ctx.obj = State(settings=settings, json=json_out, verbose=verbose, debug=debug)
 
 

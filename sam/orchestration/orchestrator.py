@@ -11,6 +11,7 @@ planned against the workspace as it is then, which is what makes the planning dy
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import traceback
 
@@ -94,6 +95,9 @@ class Orchestrator:
                 # sam's own errors are written for users; anything else is a bug: name its type, keep the traceback.
                 if isinstance(exc, SamError):
                     uif.fail(str(exc), name)
+                elif isinstance(exc, sqlite3.DatabaseError):  # a damaged store, not a bug of the skill
+                    uif.fail(f"the store's database is damaged ({exc}): `sam doctor --check` reports; restore "
+                             f"edits.sqlite from a backup", name)
                 else:
                     tb = traceback.format_exc()
                     log.error("skill %s raised %s", name, type(exc).__name__, exc_info=exc)
