@@ -484,7 +484,7 @@ def edits_show(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="
 def edits_revert(ctx: typer.Context, edit_id: Annotated[str, typer.Argument(help="Edit id.")]) -> None:
     """Revert one edit: it stops firing (an edit it replaced comes back)."""
     from sam.core.store import Store
-    from sam.errors import CorruptStoreError, InvalidInputError, UnknownEditError
+    from sam.errors import CorruptStoreError, UnknownEditError
     from sam.memory.edit_mask_db import check_edit_id
 
     state = _state(ctx)

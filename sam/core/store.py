@@ -17,23 +17,21 @@ Rules (issue: a store nothing can silently empty):
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sam.constants import (BACKUP_DIR, DB_FILE, EXPORT_FORMAT, EXPORT_VERSION, FINGERPRINTER_FILE,
+from sam.constants import (BACKUP_DIR, DB_FILE, FINGERPRINTER_FILE,
                            LEGACY_MEMORY_DIR, LOCK_FILE, SCHEMA_VERSION, STORE_FILES)
 from sam.core.failpoints import failpoint
 from sam.core.fingerprinter import TopHashFingerprinter
-from sam.errors import CorruptStoreError, InvalidInputError, SamError, StoreLockedError
-from sam.memory.edit_mask_db import EditMaskDatabase, EditRecord, check_edit_id
+from sam.errors import CorruptStoreError, SamError, StoreLockedError
+from sam.memory.edit_mask_db import EditMaskDatabase, EditRecord
 
 DELTA_CACHE = 512  # deltas kept in RAM (LRU); a hit skips a SQLite read and a checksum
 
