@@ -8,6 +8,7 @@ from the environment; a bad value is refused at load with the variable's name an
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -152,3 +153,23 @@ def load_settings(**overrides) -> Settings:
 
         raise InvalidInputError(f"unknown setting {unknown[0]} (known: {', '.join(sorted(KNOWN_ENV))})")
     return Settings(**overrides)
+
+
+def add_editor_options(parser) -> None:
+    """Add every EditorConfig field to an argparse parser as --field-name (the benchmarks' options)."""
+    for name, field in EditorConfig.model_fields.items():
+        kind = field.annotation
+        if kind is bool:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                                action=argparse.BooleanOptionalAction, help=(field.description or "").replace("%", "%%"))
+            continue
+        convert = {int: int, float: float}.get(kind, str)
+        if str(kind).startswith("int |") or str(kind).startswith("typing.Optional[int]"):
+            convert = int
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert, default=None,
+                            help=(field.description or "").replace("%", "%%"))
+
+
+def editor_config_from(args) -> EditorConfig:
+    """The EditorConfig of the options add_editor_options added (unset ones keep their defaults)."""
+    return EditorConfig(**{n: getattr(args, n) for n in EDITOR_FIELDS if getattr(args, n, None) is not None})

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sam.bench.facts import Fact, default_zsre, natural, zsre
-from sam.config import EditorConfig
+from sam.config import EditorConfig, add_editor_options, editor_config_from
 from sam.core.editor import MemoirEditor
 from sam.core.prompts import Prompt, Turn, contains_answer, repeats
 
@@ -76,7 +76,7 @@ def _ends(ed: MemoirEditor, gen_text: str) -> bool:
 
 
 def run(args) -> dict:
-    rng = random.Random(args.seed)
+    rng = random.Random(args.data_seed)
     if args.natural:
         facts, dataset = natural(), "natural"
         sizes = [len(facts)]
@@ -84,12 +84,9 @@ def run(args) -> dict:
         sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
         facts, dataset = zsre(args.data or default_zsre(), n=sizes[-1], log=lambda m: None), "zsre"
         sizes = sorted({min(s, len(facts)) for s in sizes})
-    config = EditorConfig(**{k: v for k, v in {"top_k": args.top_k, "key": args.key, "mask_overlap": args.mask_overlap,
-                                               "similarity_threshold": args.similarity_threshold,
-                                               "learning_rate": args.learning_rate, "max_steps": args.max_steps,
-                                               "layer": args.layer}.items() if v is not None})
+    config = editor_config_from(args)
     result = {"dataset": dataset, "model": args.model, "device": args.device, "config": config.model_dump(),
-              "checkpoints": [], "seed": args.seed}
+              "checkpoints": [], "seed": args.data_seed}
     made_in = {}
     seconds = []
     with tempfile.TemporaryDirectory(prefix="sam-bench-chat-") as tmp, \
@@ -185,13 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="cpu")
     p.add_argument("--eval-sample", type=int, default=1000, help="evaluate at most this many edited facts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="seeds the synthetic facts and the conversations")
     p.add_argument("--out", type=Path, default=Path("results/chat"))
     p.add_argument("--tag")
     p.add_argument("--json", action="store_true")
-    for name, kind in (("layer", int), ("top-k", int), ("key", str), ("similarity-threshold", float),
-                       ("mask-overlap", float), ("learning-rate", float), ("max-steps", int)):
-        p.add_argument(f"--{name}", type=kind)
+    add_editor_options(p)
     args = p.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("SAM_THREADS", torch.get_num_threads())))

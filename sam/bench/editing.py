@@ -40,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sam.bench.facts import Fact, default_zsre, natural, synthetic, zsre
-from sam.config import EditorConfig
+from sam.config import EditorConfig, add_editor_options, editor_config_from
 from sam.core.editor import MemoirEditor
 from sam.core.prompts import normalize
 from sam.core.store import Store
@@ -208,13 +208,13 @@ def store_bytes(store: Path) -> int:
 def load_facts(args) -> tuple[list[Fact], str]:
     if args.synthetic and args.zsre_first:  # every usable zsRE record, then synthetic facts up to N
         first, _ = load_facts(argparse.Namespace(**{**vars(args), "synthetic": None, "zsre_first": False}))
-        rest = synthetic(max(args.synthetic - len(first), 0), seed=args.seed)
+        rest = synthetic(max(args.synthetic - len(first), 0), seed=args.data_seed)
         offset = max((f.index for f in first), default=-1) + 1
         for f in rest:
             f.index += offset
-        return (first + rest)[: args.synthetic], f"zsre+synthetic:{args.synthetic}:seed{args.seed}"
+        return (first + rest)[: args.synthetic], f"zsre+synthetic:{args.synthetic}:seed{args.data_seed}"
     if args.synthetic:
-        return synthetic(args.synthetic, seed=args.seed), f"synthetic:{args.synthetic}:seed{args.seed}"
+        return synthetic(args.synthetic, seed=args.data_seed), f"synthetic:{args.synthetic}:seed{args.data_seed}"
     if args.natural:
         return natural(), "natural"
     path = args.data or default_zsre()
@@ -237,10 +237,7 @@ def run(args) -> dict:
     tag = args.tag or f"edit_{dataset.split(':')[0]}_{args.format}_{args.device.split(':')[0]}_T{total}"
     path = out / f"{tag}.json"
     store = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="sam-bench-")) / "store"
-    config = EditorConfig(**{k: v for k, v in {
-        "layer": args.layer, "top_k": args.top_k, "key": args.key, "mask_overlap": args.mask_overlap,
-        "similarity_threshold": args.similarity_threshold,
-        "learning_rate": args.learning_rate, "max_steps": args.max_steps}.items() if v is not None})
+    config = editor_config_from(args)
     result = {"model": args.model, "device": args.device, "dtype": args.dtype, "format": args.format,
               "dataset": dataset, "config": config.model_dump(), "sizes": sizes, "batch": args.batch,
               "host": platform.node(), "threads": torch.get_num_threads(), "checkpoints": [], "edit_seconds": [],
@@ -478,13 +475,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-naive", type=int, default=0, help="also time this many edits with the naive loop")
     p.add_argument("--store", type=Path, help="keep the store here, and resume from it")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this long (resume with the same command)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="seeds the synthetic facts and the conversations")
     p.add_argument("--out", type=Path, default=Path("results/edit"))
     p.add_argument("--tag")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    for name, kind in (("layer", int), ("top-k", int), ("key", str), ("similarity-threshold", float),
-                       ("mask-overlap", float), ("learning-rate", float), ("max-steps", int)):
-        p.add_argument(f"--{name}", type=kind)
+    add_editor_options(p)
     return p
 
 
