@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Fault injection (issue 11): run the whole table of sam/verify/faults.py and summarise it.
 
-    python scripts/fault_injection.py                  # every case (the real model: ~20-40 min on 2 CPU cores)
-    python scripts/fault_injection.py --fast           # only the cases that load no model (~3 min)
+    python scripts/fault_injection.py                  # every case (the real model's too): ~15 min on 2 CPU cores
+    python scripts/fault_injection.py --fast           # only the cases that load no model: ~2-4 min
     python scripts/fault_injection.py --group kill --case commit
 
 Prints a table per group (cases, passed, refused cleanly, data lost) and the failures, writes
