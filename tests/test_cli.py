@@ -17,7 +17,6 @@ import torch
 from typer.testing import CliRunner
 
 from sam.cli import app
-from sam.config import EditorConfig
 from sam.core.store import Store
 
 runner = CliRunner()
@@ -275,8 +274,6 @@ def test_console_script_errors_are_one_line_and_exit_1(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "MEMOIR_TOP_K" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="sam/bench/editing.py does not validate --sizes: int('x') raises a bare "
-                                       "ValueError (the CLI now prints it as one 'internal error' line)")
 def test_bench_edit_bad_sizes_is_a_one_line_usage_error(tmp_path):
     proc = sam_process("--store", str(tmp_path / "store"), "bench", "edit", "--sizes", "1,x", "--out", str(tmp_path))
     assert proc.returncode in (1, 2) and "--sizes" in proc.stderr and "internal error" not in proc.stderr

@@ -15,6 +15,7 @@ from sam.core.fingerprinter import TopHashFingerprinter, generate_permutation
 from sam.core.memory_layer import (ResidualMemoryLayer, Route, TrainSlot, attach_memory, find_site, gather_columns,
                                    num_layers)
 from sam.core.router import Decision, Router
+from sam.core.sentence_key import DIM as KEY_DIM
 from sam.errors import InvalidInputError
 
 VOCAB = 500
@@ -164,9 +165,8 @@ def test_disabled_capture_and_applying_nest_and_restore_even_on_errors():
                 pass
             assert torch.equal(layer(x), base)  # the inner block restored "disabled", not "enabled"
         assert not torch.equal(layer(x), base)
-        with pytest.raises(RuntimeError):
-            with layer.disabled():
-                raise RuntimeError
+        with pytest.raises(RuntimeError), layer.disabled():
+            raise RuntimeError
         assert not torch.equal(layer(x), base)
         with layer.capture() as outer:
             layer(x)
@@ -291,7 +291,7 @@ def test_router_tophash_decides_by_mask_overlap_and_threshold():
 
     router = Router(fp(), D_MODEL, delta, key="tophash", mask_overlap=0.5)
     assert router.decide_pooled(pooled_for(torch.arange(8)).view(1, -1)) == [Decision(None, 0.0, None)]
-    router.load([1, 2], torch.stack([deltas[1][0], deltas[2][0]]), ["q1", "q2"], torch.zeros(2, 384))
+    router.load([1, 2], torch.stack([deltas[1][0], deltas[2][0]]), ["q1", "q2"], torch.zeros(2, KEY_DIM))
     assert len(router) == 2 and 1 in router and 3 not in router
     q = torch.stack([pooled_for(torch.arange(0, 8)),  # edit 1 exactly
                      pooled_for(torch.tensor([8, 9, 10, 11, 40, 41, 42, 43])),  # half of edit 2: at the threshold
@@ -309,7 +309,7 @@ def test_router_tophash_decides_by_mask_overlap_and_threshold():
     assert torch.equal(r.weight, torch.stack([deltas[1][1], deltas[2][1]]))
     router.remove(1)
     assert 1 not in router and router.decide_pooled(q[:1])[0].edit_id is None
-    router.add(1, deltas[1][0], "q1", torch.zeros(384))
+    router.add(1, deltas[1][0], "q1", torch.zeros(KEY_DIM))
     assert router.decide_pooled(q[:1])[0] == Decision(1, 1.0, 1)
     empty = router.route([Decision(None, 0.0, None)] * 3, "cpu")
     assert empty.rows.numel() == 0 and empty.cols.shape == (0, K) and empty.weight.shape == (0, D_MODEL, K)
@@ -317,7 +317,7 @@ def test_router_tophash_decides_by_mask_overlap_and_threshold():
 
 def test_router_tophash_overlap_one_needs_the_exact_mask():
     router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="tophash", mask_overlap=1.0)
-    router.add(5, torch.arange(8), "q", torch.zeros(384))
+    router.add(5, torch.arange(8), "q", torch.zeros(KEY_DIM))
     near = pooled_for(torch.tensor([0, 1, 2, 3, 4, 5, 6, 9]))
     assert router.decide_pooled(near.view(1, -1))[0] == Decision(None, 0.875, 5)
     assert router.decide_pooled(pooled_for(torch.arange(8)).view(1, -1))[0].edit_id == 5
@@ -340,4 +340,7 @@ def test_router_sentence_key_matches_questions_by_meaning_with_a_name_check():
     assert router.decide_questions(["What is the capital of France?"])[0].edit_id is None
     assert len(router) == 1 and 2 in router
     keys = router.encode(["a", "b c"])
-    assert keys.shape == (2, 384) and torch.allclose(keys.norm(dim=1), torch.ones(2), atol=1e-5)
+    half = KEY_DIM // 2  # a key: the question's embedding, then its template's, each of unit length
+    assert keys.shape == (2, KEY_DIM)
+    assert torch.allclose(keys[:, :half].norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(keys[:, half:].norm(dim=1), torch.ones(2), atol=1e-5)

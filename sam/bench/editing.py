@@ -487,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.batch < 1 or args.eval_sample < 1:
         parser().error("--batch and --eval-sample must be at least 1")
+    if not all(s.strip().isdigit() and int(s) > 0 for s in args.sizes.split(",")):
+        parser().error(f"--sizes wants comma-separated positive integers, got '{args.sizes}'")
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("SAM_THREADS", torch.get_num_threads())))
     result = run(args)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import StoppingCriteria
@@ -40,7 +40,7 @@ from sam.core.trainer import EditRequest, EditTrainer, TrainOutcome
 from sam.errors import CorruptStoreError, EditFailedError, InvalidInputError, SamError, StoreMismatchError
 from sam.memory.edit_mask_db import MAX_ID, EditRecord
 
-__all__ = ["EditorConfig", "EditRecord", "EditResult", "Generation", "MemoirEditor", "PendingEdit"]
+__all__ = ["EditRecord", "EditResult", "EditorConfig", "Generation", "MemoirEditor", "PendingEdit"]
 
 PromptLike = str | Prompt
 
@@ -112,7 +112,7 @@ class MemoirEditor:
     def open(cls, store: Path | str | None, model: str = "default", device: str = "cpu",
              config: EditorConfig | None = None, read_only: bool = False, model_cache: Path | str | None = None,
              permutation_file: Path | None = None, prompt_format: str = "auto", dtype: str = "float32",
-             verbose: bool = False, repair: bool = False) -> "MemoirEditor":
+             verbose: bool = False, repair: bool = False) -> MemoirEditor:
         """Open (or, for a writer, create) the store at `store` for a model. A reader finds no store when
         nothing has been edited yet: it answers with the unedited model and creates nothing. With
         `repair`, a missing or unreadable fingerprinter is fitted again and kept only if it is the
@@ -182,6 +182,9 @@ class MemoirEditor:
                 raise StoreMismatchError(f"store {self.store.root} was made with top_k {fp.top_k}, not "
                                          f"{self.config.top_k}; use another --store or leave top_k unset")
             return fp
+        if self.store is None:  # a reader without a store: nothing is edited or routed, nothing to fit
+            return TopHashFingerprinter(generate_permutation(self.memory.in_features, self.config.seed),
+                                        self.config.top_k)
         rebuilding = self.store is not None and not self.store.created
         if rebuilding and not repair:
             raise CorruptStoreError(f"{self.store.fingerprinter_path} is missing; `sam repair` rebuilds it")
@@ -202,7 +205,7 @@ class MemoirEditor:
         if getattr(self, "store", None) is not None:
             self.store.close()
 
-    def __enter__(self) -> "MemoirEditor":
+    def __enter__(self) -> MemoirEditor:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,8 +19,8 @@ The router owns the routing state; the editor tells it when edits come and go.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -33,7 +33,7 @@ from sam.memory.mask_index import MaskIndex
 @dataclass(frozen=True)
 class Decision:
     edit_id: int | None  # the edit that fires, or None
-    overlap: float  # the best similarity found: key cosine, or mask overlap (0.0 with no edits)
+    overlap: float  # the best similarity found (key cosine, or mask overlap), allowed or not; 0.0 with no edits
     nearest: int | None  # the nearest edit, whether or not it fires
 
 
@@ -153,11 +153,11 @@ class Router:
         same_ask = keys[:, half:] @ self._keys[:n, half:].T >= self.template_threshold  # (B, N): the templates
         out = []
         for b, q in enumerate(questions):
+            best, nearest = (float(v) for v in sims[b].max(dim=0))  # whether or not it may fire
             masked = sims[b].masked_fill(~(self.allowed(q) & same_ask[b]), -2.0)
             value, row = (float(v) for v in masked.max(dim=0))
-            row = int(row)
-            fired = self._ids[row] if value >= self.similarity_threshold else None
-            out.append(Decision(fired, max(value, 0.0), self._ids[row] if value > -2.0 else None))
+            fired = self._ids[int(row)] if value >= self.similarity_threshold else None
+            out.append(Decision(fired, max(best, 0.0), self._ids[int(nearest)]))
         return out
 
     def decide_pooled(self, pooled: torch.Tensor) -> list[Decision]:

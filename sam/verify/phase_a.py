@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -36,6 +36,7 @@ PROMPTS = [
     "In 1969, the first person to walk on the moon was",
     "def fibonacci(n):",
 ]
+UNRELATED = "Who composed the opera Carmen?"  # the question of phase A's silent edit
 
 
 class Checks:
@@ -138,8 +139,7 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
 
     from sam.config import EditorConfig
     from sam.core.editor import MemoirEditor, PendingEdit
-    from sam.core.fingerprinter import (TopHashFingerprinter, generate_permutation, load_permutation,
-                                        save_permutation)
+    from sam.core.fingerprinter import TopHashFingerprinter, generate_permutation, load_permutation, save_permutation
     from sam.core.model_loader import load_model
     from sam.core.store import Store
     from sam.core.trainer import TrainOutcome
@@ -169,7 +169,8 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
             checks.run(f"zero impact: wrapped layer {ed.layer} == unwrapped model", zero_impact)
 
             def silent_edit():
-                # a live edit with a random delta on columns no prompt's key is near: nothing may change
+                # a live edit with a random delta, of a question none of the prompts asks, on columns no prompt's
+                # mask is near (so neither key routes a prompt to it): nothing may change
                 gen = torch.Generator().manual_seed(0)
                 k, d_ff = ed.fingerprinter.top_k, ed.fingerprinter.size
                 keys = ed.fingerprinter.columns(ed.pooled(PROMPTS))
@@ -177,7 +178,7 @@ def run_checks(model: str = "default", device: str = "cpu") -> Checks:
                 free = torch.tensor([c for c in range(d_ff) if c not in used])
                 cols = free[torch.randperm(len(free), generator=gen)[:k]].sort().values
                 outcome = TrainOutcome(cols, torch.randn(ed.memory.out_features, k, generator=gen), 0, 0.0, 1.0, True)
-                with ed.trial(PendingEdit(ed.render(PROMPTS[0]), "x", outcome, 0.0, None)):
+                with ed.trial(PendingEdit(ed.render(UNRELATED), "x", outcome, 0.0, None)):
                     got = ed.answer([PROMPTS[0], PROMPTS[1]], 8)
                     preds = ed.predict_batch([(p, "Paris") for p in PROMPTS])
                 ref = ed.predict_batch([(p, "Paris") for p in PROMPTS], memory=False)
