@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from sam.research.moe.bench import FS_VARIANTS, SHOTS, run
 

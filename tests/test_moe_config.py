@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from sam.research.moe import ExpertSpecialization, MemoryConfig, MemoryType
 from sam.errors import InvalidInputError

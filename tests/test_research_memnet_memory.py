@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sam.errors import InvalidInputError, StoreMismatchError
-from sam.research.memnet import MemNetConfig, MemoryConfig, MemoryState, MultiHeadMemoryBank
+from sam.research.memnet import MemNetConfig, MemoryConfig, MultiHeadMemoryBank
 from sam.research.memnet.losses import entropy, pressure_loss, read_entropy_loss, utilisation_loss
 from sam.research.memnet.memory import sparse_address
 

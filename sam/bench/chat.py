@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sam.bench.facts import Fact, default_zsre, natural, zsre
-from sam.config import EditorConfig, add_editor_options, editor_config_from
+from sam.config import add_editor_options, editor_config_from
 from sam.core.editor import MemoirEditor
 from sam.core.prompts import Prompt, Turn, contains_answer, repeats
 

@@ -205,7 +205,7 @@ def run_jobs(jobs: list, device: str, workers: int, budget: Optional[float], out
                 steps[0], steps[1] = s1, s2
                 info.update(calibration_s_per_step={str(k): v for k, v in calib.items()}, recall_steps=s1,
                             steps_per_task=s2, budget_s=budget)
-                console.log(f"concurrent step times (ms): " + ", ".join(
+                console.log("concurrent step times (ms): " + ", ".join(
                     f"{j['experiment'][:3]}/{j['model']}/{j['seed']}{'/' + j['mode'][:3] if 'mode' in j else ''}="
                     f"{1e3 * calib[j['id']]:.0f}" for j in jobs if j["id"] in calib)
                     + f" -> recall steps {s1}, steps per task {s2}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from .baselines import LSTMBaseline, WindowTransformer, match_lstm, match_transf
 from .config import MemNetConfig, MemoryConfig
 from .model import MemNet
 from .tasks import ContinualTask, RecallTask
-from .train import autocast, detach_state, make_optimizer, train
+from .train import autocast, make_optimizer, train
 
 MODELS = ("memnet", "transformer", "lstm")
 KINDS = ("filler", "pair key", "pair value", "QUERY", "query key")

@@ -17,7 +17,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -479,7 +478,7 @@ def run(seeds: int = 5, out_dir: Path = Path("results/moe"), quick: bool = False
     t.add_column("what")
     t.add_column("value", justify="right")
     f = c["forward"]
-    t.add_row(f"forward, batch 64, memory off", f"{f['no_memory_ms']:.2f} ms")
+    t.add_row("forward, batch 64, memory off", f"{f['no_memory_ms']:.2f} ms")
     t.add_row(f"forward, batch 64, memory on ({min(f['memories_per_expert'])}-{max(f['memories_per_expert'])} per expert)",
               f"{f['memory_ms']:.2f} ms")
     for n, r in c["retrieval"].items():
@@ -488,7 +487,7 @@ def run(seeds: int = 5, out_dir: Path = Path("results/moe"), quick: bool = False
         t.add_row(f"  FAISS IndexFlatIP (exact, recall@{k} {r[f'faiss_flat_recall_at_{k}']:.2f})", f"{r['faiss_flat_ms']:.2f} ms")
         t.add_row(f"  FAISS IVFFlat sqrt(n) lists, nprobe {memory_config().faiss_nprobe} (recall@{k} "
                   f"{r[f'faiss_ivf_recall_at_{k}']:.2f})", f"{r['faiss_ivf_ms']:.2f} ms")
-        t.add_row(f"  store, per entry", f"{r['store_per_entry_us']:.0f} µs")
+        t.add_row("  store, per entry", f"{r['store_per_entry_us']:.0f} µs")
         t.add_row(f"  footprint of the {n}-entry bank", f"{r['footprint_mb']:.1f} MiB")
     t.add_row("expert MLP parameters", f"{c['footprint']['mlp_param_bytes'] / 1024:.0f} KiB")
     t.add_row("memory parameters per expert (encoder, attention, fusion)", f"{c['footprint']['memory_param_bytes'] / 1024:.0f} KiB")
