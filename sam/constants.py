@@ -15,6 +15,12 @@ SCHEMA_VERSION = 2
 EXPORT_FORMAT = "sam-edits"
 EXPORT_VERSION = 2
 
+# `MemoirEditor.save_pretrained` / `from_pretrained`: the trained edits themselves (PEFT's file names).
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # identity, editor config, the edits' texts
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # cols (N, k), delta (N, d_model, k)
+ADAPTER_FORMAT = "sam-adapter"
+ADAPTER_VERSION = 1
+
 # Model cache: <cache>/models/<name>/ holds a converted HF folder.
 MODELS_SUBDIR = "models"
 CONVERTED_MARKER = "sam_source.json"

@@ -599,3 +599,52 @@ def test_an_empty_schema_1_store_takes_edits_after_its_upgrade(tmp_path, tiny, b
     r = up.edit(p, FACT[1])  # reading its delta needs d_model, which the claim recorded
     assert up.store.meta("d_model") == "64" and up.route(p)[0] == r.edit_id and up.score(p, FACT[1]) == 1.0
     assert up.store.check()["ok"]
+
+
+# --- PEFT-style adapter -------------------------------------------------------------------------------------------
+def test_disable_adapter_answers_as_the_unedited_model(tiny):
+    ed = tiny("llama")
+    p = ed.render(FACT[0])
+    before = tf(ed, [(p, FACT[1])])
+    ed.edit(p, FACT[1])
+    edited = tf(ed, [(p, FACT[1])])
+    assert not torch.equal(edited[0], before[0])
+    with ed.disable_adapter():
+        assert torch.equal(tf(ed, [(p, FACT[1])])[0], before[0])
+    assert torch.equal(tf(ed, [(p, FACT[1])])[0], edited[0])  # back on after the block
+
+
+def test_save_pretrained_and_from_pretrained_round_trip_exactly(tmp_path, tiny):
+    ed = tiny("llama")
+    p, p2 = ed.render(FACT[0]), ed.render(FACT2[0])
+    r1, r2 = ed.edit(p, FACT[1]), ed.edit(p2, FACT2[1])
+    ed.revert(r2.edit_id)  # only active edits are saved
+    pairs = [(p, FACT[1]), (p2, FACT2[1])] + [(ed.render(q), a) for q, a in OTHER]
+    want = tf(ed, pairs)
+    out = ed.save_pretrained(tmp_path / "adapter")
+    assert {f.name for f in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors",
+                                               "fingerprinter.safetensors"}
+    with pytest.raises(InvalidInputError, match="already holds an adapter"):
+        ed.save_pretrained(out)
+    loaded = MemoirEditor.from_pretrained(out, tmp_path / "new-store", model=str(tiny.dirs["llama"]))
+    try:
+        got = tf(loaded, pairs)
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+        [rec] = loaded.store.edits("active")
+        assert (rec.question, rec.target) == (FACT[0], FACT[1]) and loaded.route(p)[0] == rec.id
+        assert all(torch.equal(a, b) for a, b in zip(loaded.store.delta(rec.id), ed.store.delta(r1.edit_id)))
+    finally:
+        loaded.close()
+
+
+def test_from_pretrained_refuses_another_model_and_a_damaged_adapter(tmp_path, tiny):
+    ed = tiny("llama")
+    ed.edit(ed.render(FACT[0]), FACT[1])
+    out = ed.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(StoreMismatchError):
+        MemoirEditor.from_pretrained(out, tmp_path / "gpt2-store", model=str(tiny.dirs["gpt2"]))
+    (out / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CorruptStoreError, match="cannot read the adapter"):
+        MemoirEditor.from_pretrained(out, tmp_path / "other", model=str(tiny.dirs["llama"]))
+    with pytest.raises(InvalidInputError, match="not a sam adapter"):
+        MemoirEditor.from_pretrained(tmp_path / "nowhere", tmp_path / "other2", model=str(tiny.dirs["llama"]))

@@ -27,6 +27,7 @@ import torch
 from transformers import StoppingCriteria
 
 from sam.config import EditorConfig
+from sam.core import adapter
 from sam.core.batching import PromptBatch, encode_pairs, encode_prompts
 from sam.core.failpoints import failpoint
 from sam.core.fingerprinter import TopHashFingerprinter, generate_permutation, load_permutation
@@ -200,6 +201,55 @@ class MemoirEditor:
         if self.store is not None and not self.read_only:  # a reader repairs in memory only: it writes nothing
             self.store.save_fingerprinter(fp)
         return fp
+
+    # --- PEFT-style adapter --------------------------------------------------------------------------------
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside the block the model answers as if nothing had been edited (the memory layer is off)."""
+        with self.memory.disabled():
+            yield
+
+    def save_pretrained(self, directory: Path | str) -> Path:
+        """Write the active edits' trained weights as an adapter folder (sam/core/adapter.py): they load
+        back bit for bit, into this model, layer, k and fingerprinter only. `sam edits export` is the
+        portable form (questions and answers, retrained on load)."""
+        if self.store is None or not Store.exists(self.store.root):
+            raise InvalidInputError("nothing has been edited yet: there is no store to save")
+        records = sorted(self.store.edits("active"), key=lambda r: r.id)
+        sparse = [self.store.delta(r.id) for r in records]
+        identity = {f: self.store.meta(f) for f in adapter.IDENTITY}
+        return adapter.save_adapter(directory, identity, self.config.model_dump(), records, [c for c, _ in sparse],
+                                    [d for _, d in sparse], self.store.fingerprinter_path)
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str, store: Path | str, model: str = "default", device: str = "cpu",
+                        **open_kwargs) -> MemoirEditor:
+        """Open (or create) the store at `store` with the adapter's config and add the adapter's edits to it
+        in one transaction, their deltas exactly as saved (a later edit of a question supersedes an earlier
+        one, as `commit_many` does). The model and the store must be the ones the adapter was trained for."""
+        doc, tensors = adapter.read_adapter(directory)
+        ident = doc["identity"]
+        ed = cls.open(store, model=model, device=device, config=EditorConfig(**doc["config"]),
+                      prompt_format=ident["prompt_format"], **open_kwargs)
+        try:
+            ours = {f: ed.store.meta(f) for f in adapter.IDENTITY}
+            wrong = [f for f in adapter.IDENTITY if str(ours[f]) != str(ident[f])]
+            if wrong:
+                raise StoreMismatchError(f"the adapter in {directory} was trained for {wrong[0]} {ident[wrong[0]]!r}, "
+                                         f"this store and model have {ours[wrong[0]]!r}")
+            pending = []
+            for n, e in enumerate(doc["edits"]):
+                start = e["prompt"].rfind(e["question"])
+                prompt = Prompt(e["prompt"], start, start + len(e["question"])) if start >= 0 else \
+                    Prompt.plain(e["question"])
+                outcome = TrainOutcome(tensors["cols"][n].long(), tensors["delta"][n], int(e["steps"]),
+                                       float(e["loss"]), 1.0, True)
+                pending.append(PendingEdit(prompt, e["target"], outcome, 0.0, None, e["source"], float(e["importance"])))
+            ed.commit_many(pending)
+        except BaseException:
+            ed.close()
+            raise
+        return ed
 
     def close(self) -> None:
         if getattr(self, "store", None) is not None:

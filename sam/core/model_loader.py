@@ -11,6 +11,7 @@ causal LM folder given by path loads with `from_pretrained`. Loads are silent un
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -99,6 +100,25 @@ def quiet_transformers(verbose: bool):
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _gguf_tqdm_off(verbose: bool):
+    """transformers' GGUF reader draws its own tqdm bar (not switched off by its logging settings) under
+    ours; the rich bar is the one a conversion shows, unless --verbose."""
+    try:
+        gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:
+        gguf_utils = None
+    if verbose or gguf_utils is None or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _convert_gguf(gguf: Path, out_dir: Path, verbose: bool = False) -> None:
     """Dequantise a GGUF once and save it as a plain safetensors HF folder (atomic rename)."""
     from rich.console import Console
@@ -115,7 +135,8 @@ def _convert_gguf(gguf: Path, out_dir: Path, verbose: bool = False) -> None:
 
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         bar.update(task, advance=1, description=steps[1])
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with _gguf_tqdm_off(verbose):
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while it carries its quantizer
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
