@@ -88,15 +88,11 @@ def _build_v1_store(root: Path, rows: list[dict], identity: dict, memory_files: 
 
     from safetensors.torch import save as st_save
 
+    from sam.memory.edit_mask_db import SCHEMA_V1
+
     root.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(root / "edits.sqlite")
-    con.executescript("""
-        CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
-        CREATE TABLE [edits] ([id] INTEGER PRIMARY KEY, [prompt] TEXT, [target] TEXT, [source] TEXT, [created] TEXT,
-            [importance] FLOAT, [expert] INTEGER, [status] TEXT, [steps] INTEGER, [loss] FLOAT, [sparse] BLOB);
-        CREATE INDEX [idx_edits_status] ON [edits] ([status]);
-        CREATE TABLE [experts] ([id] INTEGER PRIMARY KEY, [file] TEXT, [n_edits] INTEGER);
-    """)
+    con.executescript(SCHEMA_V1)
     con.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", "1")] + [(k, str(v)) for k, v in identity.items()])
     for i, r in enumerate(rows, 1):
         blob = r["sparse"] if "sparse" in r else st_save(

@@ -20,8 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sam.constants import (ADAPTER_CONFIG_FILE, ADAPTER_FORMAT, ADAPTER_VERSION, ADAPTER_WEIGHTS_FILE,
-                           FINGERPRINTER_FILE)
+from sam.constants import ADAPTER_CONFIG_FILE, ADAPTER_FORMAT, ADAPTER_VERSION, ADAPTER_WEIGHTS_FILE, FINGERPRINTER_FILE
 from sam.errors import CorruptStoreError, InvalidInputError
 from sam.memory.atomic import atomic_write
 

@@ -58,6 +58,16 @@ CREATE INDEX IF NOT EXISTS edits_question ON edits(question_key, status);
 """
 
 
+# The tables sam 0.1 wrote (schema 1); `upgrade_v1` reads them, the tests and fault cases build one.
+SCHEMA_V1 = """
+CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
+CREATE TABLE [edits] ([id] INTEGER PRIMARY KEY, [prompt] TEXT, [target] TEXT, [source] TEXT, [created] TEXT,
+    [importance] FLOAT, [expert] INTEGER, [status] TEXT, [steps] INTEGER, [loss] FLOAT, [sparse] BLOB);
+CREATE INDEX [idx_edits_status] ON [edits] ([status]);
+CREATE TABLE [experts] ([id] INTEGER PRIMARY KEY, [file] TEXT, [n_edits] INTEGER);
+"""
+
+
 @dataclass
 class EditRecord:
     id: int

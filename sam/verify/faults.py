@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 from sam.constants import DB_FILE, FINGERPRINTER_FILE, LOCK_FILE
+from sam.memory.edit_mask_db import SCHEMA_V1
 
 PRE_MODEL_S = 15.0  # a refusal before any model loads (the subprocess imports torch at most)
 REFUSAL_S = float(os.environ.get("SAM_FAULTS_REFUSAL_S", "20"))  # one that loads the model first
@@ -252,13 +253,7 @@ def build_v1_store(root: Path) -> Path:
     fp.save(root / FINGERPRINTER_FILE)
     gen = torch.Generator().manual_seed(1)
     con = sqlite3.connect(root / DB_FILE)
-    con.executescript("""
-        CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
-        CREATE TABLE [edits] ([id] INTEGER PRIMARY KEY, [prompt] TEXT, [target] TEXT, [source] TEXT, [created] TEXT,
-            [importance] FLOAT, [expert] INTEGER, [status] TEXT, [steps] INTEGER, [loss] FLOAT, [sparse] BLOB);
-        CREATE INDEX [idx_edits_status] ON [edits] ([status]);
-        CREATE TABLE [experts] ([id] INTEGER PRIMARY KEY, [file] TEXT, [n_edits] INTEGER);
-    """)
+    con.executescript(SCHEMA_V1)
     identity = {"schema": "1", "model": "hand:0", "layer": "25", "d_ff": "1536", "top_k": "128",
                 "fingerprinter": fp.digest()}
     con.executemany("INSERT INTO meta VALUES (?, ?)", list(identity.items()))
