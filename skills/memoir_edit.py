@@ -27,7 +27,7 @@ class MEMOIR_EditSkill(BaseSkill):  # noqa: N801 - the name of the design notes
         ed = self.context.editor
         question, target = uif.get("edit_question"), str(uif.get("correct_answer")).strip()
         prompt = ed.render(question)  # the key: the question in a fresh conversation
-        ed._check_target(target)  # an answer too long to teach is refused before anything is generated
+        ed.check_target(target)  # an answer too long to teach is refused before anything is generated
         history = [Turn(q, a) for q, a in (uif.get("edit_history") or [])]
         contexts = [ed.render(question, history, self.context.system_prompt)] if history else []
         controls = [ed.render(q) for q in (uif.get("control_questions") or self.context.control_questions)]

@@ -296,7 +296,9 @@ class MemoirEditor:
             raise InvalidInputError(f"the prompt is {n} tokens; the limit is {self.prompt_limit}")
         return p
 
-    def _check_target(self, target: str) -> str:
+    def check_target(self, target: str) -> str:
+        """The answer as it will be taught (spaces normalised), or InvalidInputError: empty, or longer than
+        max_target_tokens. Callers check it before any generation (a refusal costs no model work)."""
         if not isinstance(target, str) or not target.strip():
             raise InvalidInputError("the answer is empty")
         target = " ".join(target.split())
@@ -458,7 +460,7 @@ class MemoirEditor:
 
     def score(self, prompt: PromptLike, target: str) -> float:
         """Teacher-forced token accuracy of `target` after `prompt` (1.0: every token is the argmax)."""
-        pred, tgt = self.predict_batch([(self._check_prompt(prompt), self._check_target(target))])[0]
+        pred, tgt = self.predict_batch([(self._check_prompt(prompt), self.check_target(target))])[0]
         return float((pred == tgt).float().mean())
 
     # --- editing ---------------------------------------------------------------------------------------------
@@ -491,7 +493,7 @@ class MemoirEditor:
                    source: str = "user", importance: float = 1.0) -> list[PendingEdit]:
         """Train several edits together (each exactly as it would train alone); nothing is written."""
         self._writable()
-        checked = [(self._check_prompt(p), self._check_target(t)) for p, t in pairs]
+        checked = [(self._check_prompt(p), self.check_target(t)) for p, t in pairs]
         extra = contexts or [[] for _ in checked]
         t0 = time.perf_counter()
         outcomes = self.trainer.train([EditRequest(self._variants(p) + [self._check_prompt(c) for c in more], t)
@@ -576,7 +578,7 @@ class MemoirEditor:
         a new answer to a question that has an edit supersedes it. A diverged edit is never written;
         one that did not fully take is written only with keep_failed."""
         self._writable()
-        p, t = self._check_prompt(prompt), self._check_target(target)
+        p, t = self._check_prompt(prompt), self.check_target(target)
         old = self.existing(p)
         if old is not None and normalize(old.target) == normalize(t):
             return EditResult(old.id, old.prompt, old.target, True, 0, old.loss, 0.0, 1.0, None, True)
