@@ -16,6 +16,7 @@ from sam.core.memory_layer import (ResidualMemoryLayer, Route, TrainSlot, attach
                                    num_layers)
 from sam.core.router import Decision, Router
 from sam.core.sentence_key import DIM as KEY_DIM
+from sam.core.sentence_key import swapped
 from sam.errors import InvalidInputError
 
 VOCAB = 500
@@ -344,3 +345,30 @@ def test_router_sentence_key_matches_questions_by_meaning_with_a_name_check():
     assert keys.shape == (2, KEY_DIM)
     assert torch.allclose(keys[:, :half].norm(dim=1), torch.ones(2), atol=1e-5)
     assert torch.allclose(keys[:, half:].norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("stored,query,want", [
+    ("How many sides does a hexagon have?", "How many sides does a heptagon have?", True),
+    ("In soccer, how many players does each team have on the field?",
+     "In American football, how many players does each team have on the field?", True),
+    ("What is the boiling point of water?", "What is the boiling point of ethanol?", True),
+    ("How many sides does a hexagon have?", "How many sides does a hexagon have?", False),  # the same question
+    ("How many sides does a hexagon have?", "A hexagon has how many sides?", False),  # reworded
+    ("What is the chemical formula for methane?", "What is the molecular formula of methane?", False),  # shares one
+    ("Which country does fondue come from?", "Which country is fondue originally from?", False),
+    ("What is the capital of Australia?", "What is the capital city of Australia?", False),  # only an addition
+    ("How many sides does a hexagon have?", "How many sides does the hexagon have?", False),  # function words only
+])
+def test_swapped_tells_a_subject_swap_from_a_rewording(stored, query, want):
+    assert swapped(stored, query) is want
+
+
+def test_router_vetoes_a_nameless_edit_for_the_same_form_about_another_subject():
+    router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="sentence",
+                    similarity_threshold=0.8)
+    stored = ["How many sides does a hexagon have?"]  # no capitalised subject: the name check cannot help
+    router.load([1], torch.arange(8).view(1, -1), stored, router.encode(stored))
+    got = router.decide_questions(["How many sides does a heptagon have?", "How many sides does a hexagon have?",
+                                   "A hexagon has how many sides?"])
+    assert got[0].edit_id is None and got[0].nearest == 1 and got[0].overlap >= 0.8  # similar, yet vetoed
+    assert got[1].edit_id == 1 and got[2].edit_id == 1

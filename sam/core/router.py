@@ -26,7 +26,7 @@ import torch
 
 from sam.core.fingerprinter import TopHashFingerprinter
 from sam.core.memory_layer import Route
-from sam.core.sentence_key import DIM, SentenceKey, names, words
+from sam.core.sentence_key import DIM, SentenceKey, names, swapped, words
 from sam.memory.mask_index import MaskIndex
 
 
@@ -125,7 +125,8 @@ class Router:
         return self.fingerprinter.columns(pooled)
 
     def allowed(self, question: str) -> torch.Tensor:
-        """(N,) bool: the active edits whose names all appear in the question (an edit without names: all)."""
+        """(N,) bool: the active edits whose names all appear in the question; an edit without names, unless
+        the question is its own with the subject words swapped (sentence_key.swapped)."""
         n = len(self._ids)
         allowed = torch.zeros(n, dtype=torch.bool)
         hits: Counter = Counter()
@@ -135,7 +136,8 @@ class Router:
         for r, count in hits.items():
             if count == self._n_names[r]:
                 allowed[r] = True
-        allowed[self._nameless_rows()] = True
+        for r in self._nameless_rows():  # no names to check: only a swapped subject word vetoes
+            allowed[r] = not swapped(self._questions[r], question)
         return allowed.to(self.device)
 
     def _nameless_rows(self) -> list[int]:

@@ -66,6 +66,37 @@ def words(question: str) -> set[str]:
     return {re.sub(r"(?:'s|s')$", "", w).lower() for w in _WORD.findall(question.replace("’", "'"))}
 
 
+# Function words: a span made of these alone is wording, not a subject.
+_FUNCTION = frozenset("""a an the of in on at to for from by with about as into is are was were be been being do does
+did has have had what what's which who whom whose when where why how many much this that these those it its
+and or not no there their they he she his her one some any each every called named""".split())
+
+
+def _sequence(question: str) -> list[str]:
+    return [_bare(w) for w in _WORD.findall(question.replace("’", "'"))]
+
+
+def swapped(stored: str, query: str) -> bool:
+    """The query is the stored question with one short span of content words swapped for others (none
+    shared), the rest word for word the same: "How many sides does a hexagon have?" / "... a heptagon have?", "In soccer,
+    how many players ..." / "In baseball, how many players ...". That is the same form asked about
+    another subject, not a paraphrase; for a question without names (lowercase subjects) it is the
+    only sign of a different subject the name check cannot see. A one-word synonym swap ("sides" /
+    "edges") reads the same and is treated the same: the cost of the rule, measured in the README."""
+    a, b = _sequence(stored), _sequence(query)
+    if a == b:
+        return False
+    p = 0
+    while p < min(len(a), len(b)) and a[p] == b[p]:
+        p += 1
+    s = 0
+    while s < min(len(a), len(b)) - p and a[-1 - s] == b[-1 - s]:
+        s += 1
+    mid_a, mid_b = a[p: len(a) - s], b[p: len(b) - s]
+    ca, cb = ({w for w in span if w not in _FUNCTION} for span in (mid_a, mid_b))
+    return bool(ca) and bool(cb) and not ca & cb and max(len(mid_a), len(mid_b)) <= 3
+
+
 def names_match(stored: str, query: str) -> bool:
     """Every name of the stored question appears in the query (no names: no veto)."""
     need = names(stored)
