@@ -13,6 +13,8 @@ conversations (another system prompt, other earlier turns) and the generated ans
   Nbr   same-form questions about subjects not edited -> the answer is unchanged (natural set)
   Loc   unrelated questions    -> the answer is unchanged (same conversation, memory on vs off)
   repeats  edited answers that state the target more than once
+  Rel/Gen latest   the same over the facts whose own edit is still active (zsRE asks some questions
+                   several times with different answers; a later answer replaces an earlier one)
   ends     edited answers that end their turn (end of turn / EOS) within 32 new tokens
 """
 
@@ -87,7 +89,7 @@ def run(args) -> dict:
     config = editor_config_from(args)
     result = {"dataset": dataset, "model": args.model, "device": args.device, "config": config.model_dump(),
               "checkpoints": [], "seed": args.data_seed}
-    made_in = {}
+    made_in, edit_of = {}, {}
     seconds = []
     with tempfile.TemporaryDirectory(prefix="sam-bench-chat-") as tmp, \
             MemoirEditor.open(Path(tmp) / "store", model=args.model, device=args.device, config=config,
@@ -104,18 +106,19 @@ def run(args) -> dict:
                 pending = ed.train(ed.render(f.question), f.target, contexts=[context] if history or system else [],
                                    source="bench-chat")
                 if pending.outcome.finite:
-                    ed.commit(pending)
+                    edit_of[f.index] = ed.commit(pending).edit_id
                 seconds.append(time.perf_counter() - t0)
                 bar.update(task, advance=1)
                 if i in sizes:
-                    cp = {"T": i, **evaluate(ed, facts[:i], made_in, rng, args.eval_sample),
+                    cp = {"T": i, **evaluate(ed, facts[:i], made_in, rng, args.eval_sample, edit_of),
                           "median_edit_seconds": statistics.median(seconds)}
                     result["checkpoints"].append(cp)
                     console.print(_row_text(cp))
     return result
 
 
-def evaluate(ed: MemoirEditor, facts: list[Fact], made_in: dict, rng: random.Random, sample: int) -> dict:
+def evaluate(ed: MemoirEditor, facts: list[Fact], made_in: dict, rng: random.Random, sample: int,
+             edit_of: dict[int, int]) -> dict:
     if len(facts) > sample:
         facts = random.Random(len(facts)).sample(facts, sample)
     convs = {f.index: conversation(rng, avoid=made_in[f.index]) for f in facts}
@@ -138,6 +141,13 @@ def evaluate(ed: MemoirEditor, facts: list[Fact], made_in: dict, rng: random.Ran
         "gen_fired": statistics.fmean(g.edit_id is not None for g in gen),
         "loc_fired": statistics.fmean(g.edit_id is not None for g in loc_on),
     }
+    # zsRE asks one question with several answers; a later one replaces an earlier (as for a user):
+    # "latest" scores the facts whose own edit still answers their question
+    latest = {f.index for f in facts if f.index in edit_of and ed.store.get(edit_of[f.index]).status == "active"}
+    rel_l = [contains_answer(a, f.target) for a, f in zip(answers, facts) if f.index in latest]
+    gen_l = [contains_answer(ed.prompts.clean(g.text), f.target) for g, (f, _) in zip(gen, paras) if f.index in latest]
+    m.update(n_latest=len(latest), rel_latest=statistics.fmean(rel_l) if rel_l else None,
+             gen_latest=statistics.fmean(gen_l) if gen_l else None)
     nbrs = [(f, n) for f in facts for n in f.neighbours]
     if nbrs:
         nq = [ed.render(n, convs[f.index][1], convs[f.index][0]) for f, n in nbrs]
@@ -154,7 +164,8 @@ def _fmt(v) -> str:
 
 
 def _row_text(cp: dict) -> str:
-    return (f"T={cp['T']}: Rel {_fmt(cp['rel'])} Gen {_fmt(cp['gen'])} Nbr unchanged {_fmt(cp.get('nbr_unchanged'))} "
+    return (f"T={cp['T']}: Rel {_fmt(cp['rel'])} Gen {_fmt(cp['gen'])} (latest {_fmt(cp.get('rel_latest'))}/"
+            f"{_fmt(cp.get('gen_latest'))}) Nbr unchanged {_fmt(cp.get('nbr_unchanged'))} "
             f"Loc unchanged {_fmt(cp['loc_unchanged'])} repeats {_fmt(cp['repeats'])} ends<=32 "
             f"{_fmt(cp['ends_within_32'])} ({cp['median_edit_seconds']:.2f} s/edit)")
 
@@ -162,7 +173,8 @@ def _row_text(cp: dict) -> str:
 def render(result: dict) -> Table:
     t = Table(title=f"edits in conversations — {result['dataset']}, {result['model']} ({result['format']} prompts) "
                     f"on {result['device']}; free generation, asked in other conversations")
-    cols = [("T", "T"), ("Rel", "rel"), ("Gen", "gen"), ("Nbr unchanged", "nbr_unchanged"),
+    cols = [("T", "T"), ("Rel", "rel"), ("Gen", "gen"), ("Rel latest", "rel_latest"), ("Gen latest", "gen_latest"),
+            ("Nbr unchanged", "nbr_unchanged"),
             ("Loc unchanged", "loc_unchanged"), ("repeats target", "repeats"), ("ends ≤32 tok", "ends_within_32"),
             ("Rel fired", "rel_fired"), ("Gen fired", "gen_fired"), ("Nbr fired", "nbr_fired"),
             ("Loc fired", "loc_fired"), ("s/edit", "median_edit_seconds")]
