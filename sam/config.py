@@ -38,6 +38,9 @@ class EditorConfig(BaseModel):
                                         "(key=sentence).")
     template_threshold: float = Field(0.5, ge=-1.0, le=1.0, description="Cosine of the questions with their names "
                                       "masked, needed too: what is asked must match (key=sentence).")
+    supersede_threshold: float = Field(0.8, ge=-1.0, le=1.0, description="Template cosine a new edit's question "
+                                       "needs with an active edit's before it replaces it (key=sentence): removing a "
+                                       "fact needs more certainty than choosing which fact fires.")
     mask_overlap: float = Field(0.45, gt=0.0, le=1.0, description="Mask overlap at which an edit fires (key=tophash).")
     learning_rate: float = Field(0.1, gt=0.0, le=10.0, allow_inf_nan=False,
                                  description="Adam learning rate of an edit's delta.")

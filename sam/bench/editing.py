@@ -308,8 +308,7 @@ def _edit_chunk(ed: MemoirEditor, chunk: list[Fact], result: dict) -> None:
         result["train_success"].append(r.success)
         return
     fresh = []
-    for f in chunk:
-        old = ed.existing(ed.render(f.question))
+    for f, old in zip(chunk, ed.existing_many([ed.render(f.question) for f in chunk])):
         if old is not None and normalize(old.target) == normalize(f.target):  # the same correction again
             result["edit_of"][str(f.index)] = old.id
             result["edit_seconds"].append(0.0)

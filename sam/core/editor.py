@@ -158,7 +158,8 @@ class MemoirEditor:
                               "prompt_format": self.prompts.style})
         self.router = Router(self.fingerprinter, self.memory.out_features, self._delta, self.device, key=cfg.key,
                              similarity_threshold=cfg.similarity_threshold,
-                             template_threshold=cfg.template_threshold, mask_overlap=cfg.mask_overlap)
+                             template_threshold=cfg.template_threshold, supersede_threshold=cfg.supersede_threshold,
+                             mask_overlap=cfg.mask_overlap)
         if self.store is not None:
             ids, cols = self.store.active_columns()
             questions, keys = self.store.active_keys(self.router.encode) if len(ids) else ([], torch.zeros(0, KEY_DIM))
@@ -471,17 +472,27 @@ class MemoirEditor:
 
     def existing(self, prompt: PromptLike) -> EditRecord | None:
         """The active edit for this prompt's question, if there is one."""
+        return self.existing_many([prompt])[0]
+
+    def existing_many(self, prompts: list[PromptLike]) -> list[EditRecord | None]:
+        """Per prompt, the active edit for its question (the same text, or the same question in other words
+        by the sentence key, decided for all prompts together), or None: the edit a new answer replaces."""
+        out: list[EditRecord | None] = [None] * len(prompts)
         if self.store is None:
-            return None
-        question = self._prompt(prompt).question
-        found = self.store.db.find(question)
-        if found:
-            return found[-1]
-        if self.router.key == "sentence" and len(self.router):  # the same question in other words
-            fired = self.router.decide_questions([question])[0].edit_id
-            if fired is not None and fired not in self._pending:
-                return self.store.get(fired)
-        return None
+            return out
+        questions = [self._prompt(p).question for p in prompts]
+        ask = []
+        for i, q in enumerate(questions):
+            found = self.store.db.find(q)
+            if found:
+                out[i] = found[-1]
+            else:
+                ask.append(i)
+        if ask and self.router.key == "sentence" and len(self.router):  # the same question in other words
+            for i, d in zip(ask, self.router.decide_questions([questions[i] for i in ask], replacing=True)):
+                if d.edit_id is not None and d.edit_id not in self._pending:
+                    out[i] = self.store.get(d.edit_id)
+        return out
 
     def train(self, prompt: PromptLike, target: str, *, contexts: list[Prompt] | tuple = (), source: str = "user",
               importance: float = 1.0) -> PendingEdit:
@@ -502,8 +513,7 @@ class MemoirEditor:
                                       stop_loss=self.config.stop_loss, fast=self.config.fast)
         seconds = (time.perf_counter() - t0) / len(checked)
         pending = []
-        for (p, t), o in zip(checked, outcomes):
-            old = self.existing(p)
+        for (p, t), o, old in zip(checked, outcomes, self.existing_many([p for p, _ in checked])):
             pending.append(PendingEdit(p, t, o, seconds, old.id if old is not None else None, source, float(importance)))
         return pending
 

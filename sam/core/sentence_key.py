@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
+from collections.abc import Container
 from functools import lru_cache
 
 import torch
@@ -34,7 +36,7 @@ def _bare(word: str) -> str:
     return re.sub(r"(?:'s|s')$", "", word).lower()
 
 
-def _is_name(word: str, first: bool, known: frozenset | set = frozenset()) -> bool:
+def _is_name(word: str, first: bool, known: Container[str] = frozenset()) -> bool:
     return (word[:1].isupper() and not first) or any(c.isdigit() for c in word) or _bare(word) in known
 
 
@@ -48,7 +50,7 @@ def names(question: str) -> set[str]:
     return out
 
 
-def template(question: str, known: frozenset | set = frozenset()) -> str:
+def template(question: str, known: Container[str] = frozenset()) -> str:
     """The question with its names replaced by X: what is asked, whoever it is asked about. The key
     embeds this, so two questions about one subject (where X was born, which language X speaks) are
     told apart by what they ask, and the name check tells subjects apart."""
@@ -124,12 +126,17 @@ def _load(device: str):
 
 
 class SentenceKey:
-    """Sentence keys of questions: MiniLM embeddings of each question and of its template."""
+    """Sentence keys of questions: MiniLM embeddings of each question and of its template. The last
+    `cache_size` texts' embeddings are kept: an edit looks its question up several times (is it known,
+    which edit it supersedes, at commit), and at 50,000 edits on the H200 the MiniLM forwards of those
+    lookups, one or two texts each, cost three times the edit's own training."""
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", cache_size: int = 8192):
         self.device = str(device)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # text -> (384,) on device
 
-    def encode(self, questions: list[str], known: frozenset | set = frozenset()) -> torch.Tensor:
+    def encode(self, questions: list[str], known: Container[str] = frozenset()) -> torch.Tensor:
         """Keys (N, 768): each question's embedding, then its template's (names replaced by X; `known`: words
         that are names wherever they appear, so a question typed in lower case is masked as its stored form)."""
         if not questions:
@@ -137,17 +144,30 @@ class SentenceKey:
         both = self.embed(list(questions) + [template(q, known) for q in questions])
         return torch.cat([both[: len(questions)], both[len(questions):]], dim=1)
 
-    @torch.no_grad()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(N, 384) normalised MiniLM sentence embeddings."""
-        questions = texts
+        """(N, 384) normalised MiniLM sentence embeddings (cached per text)."""
+        if not texts:
+            return torch.zeros(0, DIM // 2)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for t, v in zip(missing, self._forward(missing, batch_size)):
+                self._cache[t] = v
+        for t in texts:
+            self._cache.move_to_end(t)
+        out = torch.stack([self._cache[t] for t in texts])
+        while len(self._cache) > max(self.cache_size, len(texts)):
+            self._cache.popitem(last=False)
+        return out
+
+    @torch.no_grad()
+    def _forward(self, texts: list[str], batch_size: int) -> torch.Tensor:
         tok, model = _load(self.device)
         out = []
-        for i in range(0, len(questions), batch_size):
-            enc = tok(questions[i: i + batch_size], padding=True, truncation=True, max_length=128,
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i: i + batch_size], padding=True, truncation=True, max_length=128,
                       return_tensors="pt").to(self.device)
             h = model(**enc).last_hidden_state  # (B, T, 384)
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             v = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
             out.append(torch.nn.functional.normalize(v, dim=-1).float())
-        return torch.cat(out) if out else torch.zeros(0, DIM // 2)
+        return torch.cat(out)
