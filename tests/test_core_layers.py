@@ -16,7 +16,7 @@ from sam.core.memory_layer import (ResidualMemoryLayer, Route, TrainSlot, attach
                                    num_layers)
 from sam.core.router import Decision, Router
 from sam.core.sentence_key import DIM as KEY_DIM
-from sam.core.sentence_key import swapped
+from sam.core.sentence_key import SentenceKey, names, swapped, words
 from sam.errors import InvalidInputError
 
 VOCAB = 500
@@ -372,3 +372,50 @@ def test_router_vetoes_a_nameless_edit_for_the_same_form_about_another_subject()
                                    "A hexagon has how many sides?"])
     assert got[0].edit_id is None and got[0].nearest == 1 and got[0].overlap >= 0.8  # similar, yet vetoed
     assert got[1].edit_id == 1 and got[2].edit_id == 1
+
+
+def test_router_allowed_equals_the_rule_after_edits_come_and_go():
+    """The numpy name check (rows counted per shared word, nameless rows kept as a set through removals that
+    move rows) == the rule written out: names(stored) <= words(query), or no names and not swapped."""
+    router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="sentence")
+    stored = ["Where is Underhill Dravik Holdings headquartered?", "What industry is Hollowell Zorvath Holdings in?",
+              "How many sides does a hexagon have?", "Where was Dorit Langley born?",
+              "What is the boiling point of water?", "Which city is Port Lunelockwood twinned with?"]
+    keys = torch.nn.functional.normalize(torch.randn(len(stored), KEY_DIM), dim=-1)
+    router.load(list(range(10, 10 + len(stored))), torch.stack([torch.arange(8)] * len(stored)), stored, keys)
+    router.remove(10)  # the last row moves into row 0
+    router.remove(12)  # a nameless edit goes; the other stays nameless in its new row
+    router.add(20, torch.arange(8), "How many sides does a heptagon have?", keys[2])
+    queries = ["Where is Underhill Dravik Holdings headquartered?", "In which industry is Hollowell Zorvath Holdings?",
+               "How many sides does a hexagon have?", "What is the boiling point of ethanol?",
+               "Where was Dorit Langley born, and when?", "Which city is Port Lunelockwood twinned with?"]
+    got = router.allowed(queries)  # (B, N)
+    active = router.active()
+    assert [i for i, _ in active] == [15, 11, 14, 13, 20]  # 15 moved into row 0, then 14 into row 2
+    for b, q in enumerate(queries):
+        for r, (_, s) in enumerate(active):
+            want = names(s) <= words(q) if names(s) else not swapped(s, q)
+            assert bool(got[b, r]) == want, (q, s)
+
+
+def test_a_replacing_edit_needs_the_stricter_template_cosine():
+    """Same subject, another relation: may compete to fire, but never replaces the other's fact."""
+    router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="sentence",
+                    similarity_threshold=0.8, template_threshold=0.5, supersede_threshold=0.8)
+    stored = ["Where is Underhill Dravik Holdings headquartered?"]
+    router.load([1], torch.arange(8).view(1, -1), stored, router.encode(stored))
+    other = "What industry is Underhill Dravik Holdings in?"
+    assert router.decide_questions([other])[0].edit_id == 1  # fires at template 0.5 (its own edit would win)
+    assert router.decide_questions([other], replacing=True)[0].edit_id is None
+    same = "Where is Underhill Dravik Holdings headquartered, exactly?"
+    assert router.decide_questions([same], replacing=True)[0].edit_id == 1
+
+
+def test_sentence_key_cache_returns_what_a_fresh_forward_does():
+    key = SentenceKey("cpu", cache_size=3)
+    texts = ["Where was Dorit Langley born?", "What is the capital of France?"]
+    first = key.embed(texts)
+    assert torch.equal(key.embed(texts), first)  # served from the cache
+    assert torch.allclose(SentenceKey("cpu").embed(texts[:1]), first[:1], atol=1e-5)  # alone, unpadded
+    key.embed(["a", "b", "c"])  # pushes both out of a cache of three
+    assert torch.allclose(key.embed(texts), first, atol=1e-5)

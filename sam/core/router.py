@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 
+import numpy as np
 import torch
 
 from sam.core.fingerprinter import TopHashFingerprinter
@@ -118,6 +120,10 @@ class Router:
         for lst in (self._ids, self._questions, self._names, self._n_names):
             lst.pop()
 
+    def active(self) -> list[tuple[int, str]]:
+        """(edit id, question) of the active edits, in the order of allowed()'s columns."""
+        return list(zip(self._ids, self._questions))
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -133,21 +139,22 @@ class Router:
         """(B, d_ff) pooled question activations -> (B, k) TopHash masks: the columns an edit trains."""
         return self.fingerprinter.columns(pooled)
 
-    def allowed(self, question: str) -> torch.Tensor:
-        """(N,) bool: the active edits whose names all appear in the question; an edit without names, unless
-        the question is its own with the subject words swapped (sentence_key.swapped)."""
+    def allowed(self, questions: list[str]) -> torch.Tensor:
+        """(B, N) bool: per question, the active edits whose names all appear in it; an edit without names,
+        unless the question is its own with the subject words swapped (sentence_key.swapped). Counted with
+        numpy over the rows that share a word with the question, not a Python loop over them: a common
+        name ("Holdings") is on thousands of rows at 50,000 edits."""
         n = len(self._ids)
-        allowed = torch.zeros(n, dtype=torch.bool)
-        hits: Counter = Counter()
-        for w in words(question):
-            for r in self._by_name.get(w, ()):
-                hits[r] += 1
-        for r, count in hits.items():
-            if count == self._n_names[r]:
-                allowed[r] = True
-        for r in self._nameless:  # no names to check: only a swapped subject word vetoes
-            allowed[r] = not swapped(self._questions[r], question)
-        return allowed.to(self.device)
+        need = np.asarray(self._n_names, dtype=np.int64)  # (N,) names per row
+        out = np.zeros((len(questions), n), dtype=bool)
+        for b, q in enumerate(questions):
+            rows = [self._by_name[w] for w in words(q) if w in self._by_name]
+            if rows:
+                hits = np.bincount(np.fromiter(chain.from_iterable(rows), dtype=np.int64), minlength=n)
+                out[b] = (hits == need) & (need > 0)
+            for r in self._nameless:  # no names to check: only a swapped subject word vetoes
+                out[b, r] = not swapped(self._questions[r], q)
+        return torch.from_numpy(out)
 
     def decide_questions(self, questions: list[str], replacing: bool = False) -> list[Decision]:
         """The sentence key: decided from the question texts, before any forward. Among the edits whose
@@ -164,14 +171,13 @@ class Router:
         sims = keys[:, :half] @ self._keys[:n, :half].T  # (B, N): the questions
         ask = max(self.template_threshold, self.supersede_threshold) if replacing else self.template_threshold
         same_ask = keys[:, half:] @ self._keys[:n, half:].T >= ask  # (B, N): the templates
-        out = []
-        for b, q in enumerate(questions):
-            best, nearest = (float(v) for v in sims[b].max(dim=0))  # whether or not it may fire
-            masked = sims[b].masked_fill(~(self.allowed(q) & same_ask[b]), -2.0)
-            value, row = (float(v) for v in masked.max(dim=0))
-            fired = self._ids[int(row)] if value >= self.similarity_threshold else None
-            out.append(Decision(fired, max(best, 0.0), self._ids[int(nearest)]))
-        return out
+        masked = sims.masked_fill(~(self.allowed(questions).to(self.device) & same_ask), -2.0)  # (B, N)
+        best, nearest = sims.max(dim=1)  # whether or not it may fire
+        value, row = masked.max(dim=1)
+        best, value = torch.stack([best, value]).tolist()  # one copy to the host for the batch
+        nearest, row = torch.stack([nearest, row]).tolist()
+        return [Decision(self._ids[r] if v >= self.similarity_threshold else None, max(bst, 0.0), self._ids[nr])
+                for bst, nr, v, r in zip(best, nearest, value, row)]
 
     def decide_pooled(self, pooled: torch.Tensor) -> list[Decision]:
         """TopHash: decided from the memory layer's input pooled over each question's tokens."""
