@@ -113,6 +113,46 @@ def test_smoke_benchmark_writes_json_tables_and_plots(tmp_path, capsys):
     assert "Experiment 1" in out and "Experiment 2" in out and "Experiment 3" in out
 
 
+def test_merge_jobs_aggregates_separate_runs_and_refuses_mismatched_ones(tmp_path, capsys):
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    assert main(["--smoke", "--seeds", "1", "--models", "memnet", "--out", str(a), "--device", "cpu"]) == 0
+    assert main(["--smoke", "--seeds", "1", "--models", "transformer,lstm", "--out", str(b), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    ja, jb = str(a / "memnet_jobs.jsonl"), str(b / "memnet_jobs.jsonl")
+    assert main(["--merge-jobs", ja, jb, "--out", str(merged)]) == 0
+    data = json.loads((merged / "memnet_bench.json").read_text())
+    assert [m["path"] for m in data["merged_from"]] == [ja, jb] and [m["jobs"] for m in data["merged_from"]] == [3, 6]
+    assert data["preset"] == "smoke" and data["seeds"] == 1 and len(data["plots"]) == 5
+    s = data["summary"]
+    assert set(s["recall"]["models"]) == {"memnet", "transformer", "lstm", "memnet_wiped"}
+    assert {m for m, v in s["continual"]["models"].items() if v} == {"memnet", "transformer", "lstm"}
+    assert set(s["continual"]["verdicts"]) == {"transformer", "lstm"} and "forgetting" in s
+    assert not (merged / "memnet_jobs.jsonl").exists()  # nothing was trained
+    assert "Experiment 2" in capsys.readouterr().out
+
+    def refused(args, fragment):
+        assert main(["--merge-jobs", *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error:") and fragment in err, err
+
+    refused([ja, ja, "--out", str(merged)], "given twice")
+    refused([ja, "--out", str(a)], "would overwrite")
+    c = tmp_path / "c"  # b's run as if trained longer
+    c.mkdir()
+    meta = json.loads((b / "memnet_bench.json").read_text())
+    meta["settings"]["recall"]["steps"] = 4
+    (c / "memnet_bench.json").write_text(json.dumps(meta))
+    rows = [json.loads(x) for x in (b / "memnet_jobs.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["steps"] = 4 if r["experiment"] == "recall" else r["steps"]
+    (c / "memnet_jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    refused([ja, str(c / "memnet_jobs.jsonl"), "--out", str(merged)], "different settings (recall.steps 3 vs 4)")
+    (c / "memnet_bench.json").unlink()  # without its settings, the lines are checked against the preset's
+    refused([str(c / "memnet_jobs.jsonl"), "--smoke", "--out", str(merged)], "trained 4 steps, the settings say 3")
+    refused([jb, ja, jb.replace("b/", "b/../b/"), "--out", str(merged)], "given twice")
+    refused([str(tmp_path / "nope.jsonl"), "--out", str(merged)], "does not exist")
+
+
 def test_bench_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         main(["--smoke", "--experiments", "nope"])

@@ -9,6 +9,8 @@
 Each (experiment, model, seed) is one job. On CUDA the jobs run as parallel processes on the one GPU; with
 --time-budget they first time a few steps together and pick the step counts that fit (the same steps for every
 model of an experiment), else the preset's steps are used. Writes memnet_bench.json, memnet_jobs.jsonl and PNGs.
+--merge-jobs aggregates the memnet_jobs.jsonl of earlier runs made with the same settings (say the baselines and
+MemNet trained in separate calls) into one report, training nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import math
 import queue
+import sys
 import time
 import traceback
 import warnings
@@ -26,6 +29,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from sam.errors import InvalidInputError
 
 from .experiments import (KINDS, MODELS, ContinualSettings, ModelSize, RecallSettings, continual_job, model_specs,
                           recall_job)
@@ -352,6 +357,115 @@ def aggregate(results: list, rec: RecallSettings, con: ContinualSettings) -> dic
     return out
 
 
+# ---------------------------------------------------------------------- merging earlier runs
+def settings_from_dict(d: dict) -> tuple[RecallSettings, ContinualSettings]:
+    """The inverse of `asdict` on the two settings (a memnet_bench.json's "settings")."""
+    r, c = dict(d["recall"]), dict(d["continual"])
+    rec = RecallSettings(**{**r, "task": RecallTask(**r["task"]), "size": ModelSize(**r["size"])})
+    con = ContinualSettings(**{**c, "task": ContinualTask(**c["task"]), "size": ModelSize(**c["size"])})
+    return rec, con
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in a or k not in b or a[k] != b[k]:
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    return f"{path} {a} vs {b}"
+
+
+def _preset_of(rec: RecallSettings, con: ContinualSettings) -> Optional[str]:
+    """The preset these settings come from (step counts aside), or None."""
+    for name in PRESETS:
+        r, c = presets(name)
+        if asdict(replace(r, steps=rec.steps)) == asdict(rec) and \
+                asdict(replace(c, steps_per_task=con.steps_per_task)) == asdict(con):
+            return name
+    return None
+
+
+def merge_jobs(paths: list, rec: RecallSettings, con: ContinualSettings) -> tuple[list, RecallSettings,
+                                                                                    ContinualSettings, list]:
+    """Job results from earlier runs' memnet_jobs.jsonl files, checked to be one experiment's worth.
+
+    A jsonl line is one finished job (experiment, model, seed, mode, params, steps, evaluations) without its
+    settings: those come from the memnet_bench.json the run wrote beside it, and must be the same for every run that
+    has one; `rec`/`con` (the preset and step options) are used only when none has. Every line must then match them:
+    its step count, its parameter count (which fixes the model sizes and vocabulary) and its evaluation bins; and no
+    (experiment, model, seed, mode) may come twice. Raises InvalidInputError (one line) otherwise. Returns the
+    results, the settings and one `merged_from` entry per file."""
+    results, sources, seen, settings = [], [], {}, None
+    paths = [Path(x) for x in paths]
+    twice = [str(x) for i, x in enumerate(paths) if x.resolve() in [y.resolve() for y in paths[:i]]]
+    if twice:
+        raise InvalidInputError(f"--merge-jobs: {twice[0]} is given twice")
+    for path in paths:
+        if not path.is_file():
+            raise InvalidInputError(f"--merge-jobs: {path} does not exist")
+        side = path.parent / "memnet_bench.json"
+        src = dict(path=str(path), jobs=0)
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text())
+                s = meta["settings"]
+                settings_from_dict(s)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInputError(f"--merge-jobs: {side} has no readable settings ({exc})") from None
+            if settings is None:
+                settings = (side, s)
+            elif s != settings[1]:
+                raise InvalidInputError(f"--merge-jobs: {settings[0]} and {side} were run with different settings "
+                                        f"({_first_difference(settings[1], s)}); refusing to merge")
+            src.update({k: meta.get(k) for k in ("command", "device", "gpu", "torch", "wall_s", "scheduling")})
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError:
+                raise InvalidInputError(f"--merge-jobs: {path}:{n}: not JSON") from None
+            ok = isinstance(r, dict) and r.get("model") in MODELS and isinstance(r.get("seed"), int) and \
+                isinstance(r.get("steps"), int) and (r.get("experiment") == "recall" or (
+                    r.get("experiment") == "continual" and r.get("mode") in ("sequential", "joint")))
+            if not ok:
+                raise InvalidInputError(f"--merge-jobs: {path}:{n}: not a memnet job result")
+            key = (r["experiment"], r["model"], r["seed"], r.get("mode"))
+            if key in seen:
+                raise InvalidInputError(f"--merge-jobs: {' '.join(str(k) for k in key if k is not None)} is in both "
+                                        f"{seen[key]} and {path}:{n}; refusing to merge")
+            seen[key] = f"{path}:{n}"
+            r["_at"] = f"{path}:{n}"
+            results.append(r)
+            src["jobs"] += 1
+        sources.append(src)
+    if settings is not None:
+        rec, con = settings_from_dict(settings[1])
+    specs = {e: model_specs(S.task.vocab_size, S.task.window, S.size) for e, S in (("recall", rec), ("continual", con))}
+    bins = {}
+    for r in results:
+        e, at = r["experiment"], r.pop("_at")
+        what = f"{e} {r['model']} seed {r['seed']}{' ' + r['mode'] if e == 'continual' else ''} ({at})"
+        want = rec.steps if e == "recall" else con.task.n_tasks * con.steps_per_task
+        if r["steps"] != want:
+            raise InvalidInputError(f"--merge-jobs: {what} trained {r['steps']} steps, the settings say {want}; "
+                                    f"refusing to merge")
+        if r.get("params") != specs[e][r["model"]]["params"]:
+            raise InvalidInputError(f"--merge-jobs: {what} has {r.get('params')} parameters, the settings give "
+                                    f"{specs[e][r['model']]['params']}; refusing to merge")
+        for k in ("eval", "eval_long") if e == "recall" else ("retention",):
+            got = r[k]["bins"] if e == "recall" else len(r[k]["R"][0])
+            if bins.setdefault((e, k), got) != got:
+                raise InvalidInputError(f"--merge-jobs: {what} was evaluated differently ({k}: {got} vs "
+                                        f"{bins[(e, k)]}); refusing to merge")
+        if e == "continual" and bins[(e, "retention")] != con.task.n_tasks:
+            raise InvalidInputError(f"--merge-jobs: {what} has {bins[(e, 'retention')]} tasks, the settings say "
+                                    f"{con.task.n_tasks}; refusing to merge")
+    if not results:
+        raise InvalidInputError("--merge-jobs: the files hold no job results")
+    return results, rec, con, sources
+
+
+
 # ---------------------------------------------------------------------- report
 def _f(d: dict, pct: bool = True) -> str:
     s = 100.0 if pct else 1.0
@@ -440,6 +554,65 @@ def print_tables(summary: dict, console, seeds: int) -> None:
         console.print(t)
 
 
+def _write_report(result: dict, out_dir: Path, console) -> None:
+    """PNGs, memnet_bench.json and the tables of a run's (or a merge's) summary."""
+    from . import plots
+
+    summary = result["summary"]
+    files = []
+    if "recall" in summary:
+        files += [plots.recall_plot(summary, out_dir)]
+        if "forgetting" in summary:
+            files += [plots.forgetting_plot(summary, out_dir), plots.survival_plot(summary, out_dir),
+                      plots.heatmap_plot(summary["heatmap"], out_dir)]
+    if "continual" in summary:
+        files.append(plots.continual_plot(summary, out_dir))
+    result["plots"] = files
+    (out_dir / "memnet_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    print_tables(summary, console, result["seeds"])
+    console.print(f"wall {result['wall_s']:.0f}s -> {out_dir / 'memnet_bench.json'}, {', '.join(files)}")
+
+
+def _merge(a, argv, rec: RecallSettings, con: ContinualSettings, console) -> int:
+    """--merge-jobs: aggregate earlier runs' job results as one run would; one-line error and exit 1 if they differ."""
+    t0 = time.perf_counter()
+    out_dir = Path(a.out)
+    try:
+        if any((Path(j).parent / "memnet_bench.json").resolve() == (out_dir / "memnet_bench.json").resolve()
+               for j in a.merge_jobs):
+            raise InvalidInputError("--merge-jobs: --out would overwrite the memnet_bench.json of a run being merged; "
+                                    "pick another folder")
+        results, rec, con, sources = merge_jobs(a.merge_jobs, rec, con)
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    seeds = sorted({r["seed"] for r in results})
+    groups = {}
+    for r in results:
+        groups.setdefault((r["experiment"], r["model"], r.get("mode")), set()).add(r["seed"])
+    for key, got in sorted(groups.items(), key=str):
+        if got != set(seeds):
+            console.log(f"note: {' '.join(k for k in key if k)} has seeds {sorted(got)} only")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = aggregate(results, rec, con)
+    exps = [e for e in ("recall", "continual") if any(r["experiment"] == e for r in results)]
+    specs = {e: model_specs(S.task.vocab_size, S.task.window, S.size) for e, S in (("recall", rec), ("continual", con))
+             if e in exps}
+    same = {}
+    for k in ("device", "gpu", "torch"):  # one value if the runs agree, else the list of them
+        v = list(dict.fromkeys(s.get(k) for s in sources))
+        same[k] = v[0] if len(v) == 1 else v
+    console.log(f"merged {len(results)} job results from {len(sources)} files: "
+                + "; ".join(f"{s['path']} ({s['jobs']} jobs)" for s in sources))
+    cmd = " ".join(str(x) for x in (argv if argv is not None else sys.argv[1:]))
+    result = dict(command="sam bench memnet " + cmd, merged_from=sources, **same, seeds=len(seeds),
+                  preset=_preset_of(rec, con), settings=dict(recall=asdict(rec), continual=asdict(con)),
+                  model_specs=specs, scheduling=dict(merged=True, errors={}, unfinished=[]), summary=summary,
+                  wall_s=time.perf_counter() - t0)
+    _write_report(result, out_dir, console)
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="sam bench memnet", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=PRESETS, default="full", help=presets.__doc__.replace("%", "%%"))
@@ -459,6 +632,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training per job: time a few steps of all jobs together and shrink the step "
                         "counts (same for every model) to fit")
+    p.add_argument("--merge-jobs", nargs="+", type=Path, default=None, metavar="JSONL",
+                   help="train nothing: aggregate the memnet_jobs.jsonl of earlier runs with the same settings (read "
+                        "from the memnet_bench.json beside each, else the preset and step options) into --out")
     a = p.parse_args(argv)
     from rich.console import Console
 
@@ -476,6 +652,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rec, con = replace(rec, batch=a.batch), replace(con, batch=a.batch)
     if a.eval_batches:
         rec, con = replace(rec, eval_batches=a.eval_batches), replace(con, eval_batches=a.eval_batches)
+    if a.merge_jobs:
+        return _merge(a, argv, rec, con, console)
     exps = [e.strip() for e in a.experiments.split(",") if e.strip()]
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [e for e in exps if e not in ("recall", "continual")] + [m for m in models if m not in MODELS]
@@ -517,20 +695,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   torch=torch.__version__, seeds=a.seeds, preset=preset,
                   settings=dict(recall=asdict(rec), continual=asdict(con)), model_specs=specs, scheduling=info,
                   summary=summary, wall_s=time.perf_counter() - t0)
-    from . import plots
-
-    files = []
-    if "recall" in summary:
-        files += [plots.recall_plot(summary, out_dir)]
-        if "forgetting" in summary:
-            files += [plots.forgetting_plot(summary, out_dir), plots.survival_plot(summary, out_dir),
-                      plots.heatmap_plot(summary["heatmap"], out_dir)]
-    if "continual" in summary:
-        files.append(plots.continual_plot(summary, out_dir))
-    result["plots"] = files
-    (out_dir / "memnet_bench.json").write_text(json.dumps(result, indent=1, default=float))
-    print_tables(summary, console, a.seeds)
-    console.print(f"wall {result['wall_s']:.0f}s -> {out_dir / 'memnet_bench.json'}, {', '.join(files)}")
+    _write_report(result, out_dir, console)
     if info["errors"] or info["unfinished"]:
         console.print(f"[red]{len(info['errors'])} jobs failed, {len(info['unfinished'])} unfinished: "
                       f"the tables above lack them[/red]")
