@@ -13,7 +13,7 @@ cols = torch.arange(128)
 sup = 0
 owner = {}
 for i, f in enumerate(facts):
-    d = r.decide_questions([f.question])[0]
+    d = r.decide_questions([f.question], replacing=True)[0]  # as the editor decides what a new answer replaces
     if d.edit_id is not None:
         sup += 1
         if which == "natural": print("supersedes:", f.question, "<-", facts[d.edit_id].question)
