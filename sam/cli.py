@@ -8,8 +8,11 @@ Heavy imports (torch, the editor, benchmarks) happen inside the commands so `sam
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from sam.errors import InvalidInputError, SamError
+
+_OWNS_PROCESS = False  # set by main(): the process ends with the command (not a test's CliRunner)
 
 app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
                   help="[bold]sam[/bold]: an assistant that learns from your corrections, for life.")
@@ -117,13 +122,41 @@ def _text(value: str, what: str) -> str:
     return value
 
 
-def _open_editor(state: State, read_only: bool):
-    from sam.core.editor import MemoirEditor
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Importing torch and transformers and building the model make millions of objects that live until exit and
+    almost no garbage: the cyclic collector would only walk them again and again (0.9 s of a `sam ask`). It is
+    paused meanwhile; when main() owns the process they are then frozen (never walked again), else the
+    collector is left as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if _OWNS_PROCESS:
+            gc.freeze()
+        if enabled:
+            gc.enable()
 
-    s = state.settings
-    return MemoirEditor.open(state.store, model=s.model, device=s.device, config=s.editor, read_only=read_only,
-                             model_cache=s.model_cache, permutation_file=s.permutation_file,
-                             prompt_format=s.prompt_format, verbose=state.verbose)
+
+def _wait_passively() -> None:
+    """For a command that only answers: OpenMP's idle worker threads then sleep instead of spinning. An answer
+    is a few hundred small products in a row; on 2 cores shared with another busy process the spinning thread
+    and the working one took turns, and one greedy answer took 5.5 s instead of 0.7 s, while on an idle machine
+    passive waiting costs nothing measurable (training, whose larger products it slows by about 10%, keeps
+    the default). libgomp reads the variable once, when torch loads; a value the user set wins."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _open_editor(state: State, read_only: bool):
+    with _collector_paused():
+        from sam.core.editor import MemoirEditor
+
+        s = state.settings
+        return MemoirEditor.open(state.store, model=s.model, device=s.device, config=s.editor, read_only=read_only,
+                                 model_cache=s.model_cache, permutation_file=s.permutation_file,
+                                 prompt_format=s.prompt_format, verbose=state.verbose)
 
 
 def _session(state: State, read_only: bool, system: str | None = None, keep_failed: bool = False):
@@ -330,6 +363,7 @@ def ask(ctx: typer.Context,
     """Answer one question with the edited model (reads the store; creates nothing)."""
     state = _state(ctx)
     _text(question, "the question")
+    _wait_passively()
     with _errors(), _chat_session(state, read_only=True, system=system) as session:
         reply = session.ask(question)
         if not reply.ok:
@@ -745,6 +779,11 @@ _EXITS, _ABORTS = _click_classes("Exit"), _click_classes("Abort")
 
 def main() -> None:
     """The console script: usage errors are one line and exit 2, like every other error is one line."""
+    global _OWNS_PROCESS
+    _OWNS_PROCESS = True
+    # At exit the interpreter would collect every object torch and transformers made, one by one (1.1 s of a
+    # `sam ask` after the answer is printed); frozen, they are left to the operating system.
+    atexit.register(gc.freeze)
     try:
         code = app(standalone_mode=False)  # without standalone mode an exit is returned, not raised
     except _EXITS as exc:

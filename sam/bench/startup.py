@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("results/startup"))
     args = p.parse_args(argv)
     env = dict(os.environ)
+    load_before = os.getloadavg()[0]
     times = time_ask(args.question, args.runs, env)
     res = {"question": args.question, "runs": args.runs, "seconds": [round(t, 3) for t in times],
            "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-           "max_s": round(max(times), 3), "cpu_count": os.cpu_count()}
+           "max_s": round(max(times), 3), "cpu_count": os.cpu_count(),
+           # the 1-minute load average before and after (the runs themselves raise it towards 1): other
+           # processes on 2 cores change these times by seconds
+           "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     table = Table(title=f"`sam ask` wall time, new process to printed answer ({args.runs} runs)")
     for col in ("median s", "min s", "max s"):
         table.add_column(col, justify="right")
