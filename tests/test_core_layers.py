@@ -398,6 +398,41 @@ def test_router_allowed_equals_the_rule_after_edits_come_and_go():
             assert bool(got[b, r]) == want, (q, s)
 
 
+def _router_with_rows(device: str) -> tuple[Router, list[str]]:
+    router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), device=device, key="sentence")
+    stored = ["Where is Underhill Dravik Holdings headquartered?", "What industry is Hollowell Zorvath Holdings in?",
+              "How many sides does a hexagon have?", "Where was Dorit Langley born?",
+              "Which company owns Dravik Holdings?", "Which city is Port Lunelockwood twinned with?"]
+    keys = torch.nn.functional.normalize(torch.randn(len(stored), KEY_DIM, generator=torch.Generator().manual_seed(0)),
+                                         dim=-1)
+    router.load(list(range(len(stored))), torch.stack([torch.arange(8)] * len(stored)), stored, keys)
+    queries = ["Where is Underhill Dravik Holdings headquartered?", "Who owns Dravik Holdings today?",
+               "How many sides does a heptagon have?", "Where was Dorit born?", "What is 2 + 2?"]
+    router.allowed(queries)  # built; then rows come and go, so both the append and the rebuild paths run
+    router.remove(1)
+    router.add(9, torch.arange(8), "Where did Dorit Langley study?", keys[3])
+    return router, queries
+
+
+def test_router_allowed_counts_only_the_names_a_batch_mentions():
+    """Rows sharing no name with any question of the batch have zero hits (and stay disallowed), while a
+    row whose names are split across two questions is allowed for neither."""
+    router, _ = _router_with_rows("cpu")
+    got = router.allowed(["Where is Dravik Holdings?", "Is Underhill a town?"])
+    row = dict((i, r) for r, (i, _) in enumerate(router.active()))
+    assert not got[:, row[0]].any()  # needs Underhill, Dravik and Holdings in one question
+    assert got[0, row[4]]  # Dravik Holdings
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the device machine runs it)")
+def test_router_on_the_gpu_decides_as_on_the_cpu():
+    cpu, queries = _router_with_rows("cpu")
+    gpu, _ = _router_with_rows("cuda")
+    assert torch.equal(gpu.allowed(queries).cpu(), cpu.allowed(queries))
+    for g, c in zip(gpu.decide_questions(queries), cpu.decide_questions(queries)):
+        assert (g.edit_id, g.nearest) == (c.edit_id, c.nearest) and g.overlap == pytest.approx(c.overlap, abs=1e-5)
+
+
 def test_a_replacing_edit_needs_the_stricter_template_cosine():
     """Same subject, another relation: may compete to fire, but never replaces the other's fact."""
     router = Router(fp(), D_MODEL, lambda i: (torch.arange(8), weight(i, K)), key="sentence",
