@@ -116,7 +116,7 @@ def _recall_eval(model, task: RecallTask, seed: int, S: RecallSettings, device, 
     g = torch.Generator().manual_seed(50_000 + seed)  # the same test sequences for every model of a seed
     L = task.window * n_chunks
     bins = distance_bins(task.window, L)
-    hits, counts, hit_read = np.zeros(len(bins)), np.zeros(len(bins)), []
+    hits, counts = np.zeros(len(bins)), np.zeros(len(bins))
     for _ in range(S.eval_batches):
         idx, targets, dist, kind = task.batch(S.eval_batch, g, n_chunks)
         kw = dict(wipe_memory=True) if wipe else {}
