@@ -211,7 +211,8 @@ class Router:
 class _NameEntries:
     """The active edits' (row, name id) pairs and names per row, as device tensors for Router.allowed.
     Rows only appended since the last build are appended; a removal (which moves the last row) rebuilds.
-    A build at 50,000 edits (about 125,000 pairs) takes a few ms; routing reads it many times between edits."""
+    A whole build at 50,000 edits (103,000 pairs, 5,354 names) took 40 ms on these CPUs (shared); an
+    edit appends its own pairs only, and routing reads them many times between removals."""
 
     def __init__(self):
         self._rows = self._ids = self._need = None
