@@ -84,3 +84,29 @@ def test_training_stops_at_the_stop_loss_and_leaves_the_model_alone(editors):
     assert 0 < stop.steps < 30 and stop.loss < threshold
     assert all(torch.equal(v, weights[k]) for k, v in ed.model.state_dict().items())  # the model is frozen
     assert all(p.grad is None for p in ed.model.parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors, kind, monkeypatch):
+    """The frames (system prompt, earlier turns) are run once and kept: a cached frame trains bit for bit as a
+    freshly run one, and both as the whole prompt run in one pass (the frames cache turned off)."""
+    ed = editors(kind)
+    ed.trainer._frames.clear()
+    fresh = run(ed, True, 3)
+    assert len(ed.trainer._frames) == 1
+    cached = run(ed, True, 3)  # from the kept cache, which the first training must have left as it was
+    assert torch.equal(cached.delta, fresh.delta) and cached.loss == fresh.loss
+    monkeypatch.setattr(ed.trainer, "_frames_cache", lambda frames: None)
+    whole = run(ed, True, 3)
+    assert torch.equal(whole.cols, fresh.cols)
+    assert whole.loss == pytest.approx(fresh.loss, rel=1e-5, abs=1e-6)
+    assert torch.allclose(whole.delta, fresh.delta, rtol=1e-4, atol=1e-5)
+
+
+def test_the_frames_cache_keeps_a_few_sets_of_frames(editors):
+    ed = editors("llama")
+    ed.trainer._frames.clear()
+    for i in range(ed.trainer.FRAME_CACHES + 2):  # another system prompt: another set of frames
+        p = ed.prompts.render(FACT[0], system=f"System prompt number {i}.")
+        ed.trainer.train([EditRequest([p], FACT[1])], lr=0.1, max_steps=0, stop_loss=0.0)
+    assert len(ed.trainer._frames) == ed.trainer.FRAME_CACHES

@@ -16,12 +16,26 @@ tail (last prompt token + answer), keeps the head's KV cache and the stream ente
 layer, and each step runs only the tail through the layers from the edited one up. Its logits go
 through sam/core/output_loss.py. The naive loop (fast=False, one edit) runs the whole model over
 whole sequences every step, for comparison: with an fp32 lm_head both give the same losses.
+
+Each row's frame, its tokens before the question (the chat template's system prompt, the earlier
+turns of a context variant), is moreover the same in every edit, and attention is causal, so its
+keys and values in every layer depend on those tokens alone:
+
+    K_l, V_l (frame f) = F_l(f)        whatever follows f
+
+They are run once (the distinct frames of a batch, left-padded) and kept by their token ids
+(`_frames_cache`); an edit's one pass then runs only head minus frame, plus tail, after a fork of them.
+With the default model's three rows (42, 34 and 69 tokens, frames of 24, 16 and 51) that pass goes
+from 3 x 68 padded positions to 3 x 22, and one CPU edit from 0.67 s to 0.54 s median (20 zsRE edits,
+2 cores). The frame never sees the memory (it acts from the last prompt token on), so this holds at
+every step; the losses equal the whole-prompt pass's to float rounding (tests/test_core_trainer.py).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,6 +99,8 @@ def _returned_cache(out):
 class EditTrainer:
     """Encodes edit requests, fingerprints their questions and trains their deltas."""
 
+    FRAME_CACHES = 4  # sets of frames whose KV cache is kept (the default model's 3 frames: ~7 MB)
+
     def __init__(self, model, tokenizer, fmt: PromptFormat, memory: ResidualMemoryLayer, layers, layer: int,
                  columns: Callable[[torch.Tensor], torch.Tensor], head_dtype: torch.dtype | None = None):
         self.model, self.tokenizer, self.fmt, self.memory = model, tokenizer, fmt, memory
@@ -93,6 +109,7 @@ class EditTrainer:
         self.cache_kw = _cache_kwarg(self.base)
         self.head_dtype = head_dtype  # None: bf16 where its matmul is fast (see output_loss)
         self._nll: TargetNLL | None = None  # built on the first edit: it holds a copy of lm_head
+        self._frames: OrderedDict[tuple, object] = OrderedDict()  # distinct frames' token ids -> their KV cache
 
     @property
     def nll(self) -> TargetNLL:
@@ -146,21 +163,58 @@ class EditTrainer:
                 steps[~done] += 1
 
     # --- fast: cached head, tail through the upper layers only -----------------------------------------
+    def _frames_cache(self, frames: list[list[int]]):
+        """The whole model's KV cache of the rows' frames, each row's frame left-padded to the longest: the
+        distinct frames are run once and kept across edits (by their token ids, FRAME_CACHES sets of them),
+        and a fork of them is indexed out to the rows. None where the cache can't be indexed by rows."""
+        distinct = list(dict.fromkeys(map(tuple, frames)))
+        key = tuple(distinct)
+        cache = self._frames.pop(key, None)
+        if cache is None:
+            P = max(map(len, distinct))
+            ids = torch.full((len(distinct), P), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(distinct), P, dtype=torch.long)
+            for u, f in enumerate(distinct):
+                ids[u, P - len(f):], mask[u, P - len(f):] = torch.tensor(f, dtype=torch.long), 1
+            pos = (mask.cumsum(1) - 1).clamp_min(0)
+            with torch.no_grad(), self.memory.disabled():
+                cache = _returned_cache(self.base(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                                  position_ids=pos.to(self.device), use_cache=True))
+            if cache is None:
+                return None
+        self._frames[key] = cache  # the most recent last
+        while len(self._frames) > self.FRAME_CACHES:
+            self._frames.pop(next(iter(self._frames)))
+        fork = _fork_cache(cache)
+        rows = [distinct.index(tuple(f)) for f in frames]
+        if rows != list(range(len(distinct))):
+            try:
+                fork.batch_select_indices(torch.tensor(rows, device=self.device))
+            except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+                return None
+        return fork
+
     def _train_fast(self, rows: list[list[Encoded]], lr, max_steps, stop_loss) -> list[TrainOutcome]:
         device, pad = self.device, self.tokenizer.pad_token_id
         flat = [e for edit in rows for e in edit]
         edit_of_row = torch.tensor([i for i, edit in enumerate(rows) for _ in edit])
-        heads = [e.ids[: e.n_prompt - 1] for e in flat]
+        # each row's frame: its tokens before the question (system prompt, earlier turns), the same in every edit
+        framed = [e.key.index(True) for e in flat]
+        frames = self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)]) if min(framed) > 0 else None
+        if frames is None:  # a row without a frame, or a cache that can't be indexed: the whole prompt is the head
+            framed = [0] * len(flat)
+        heads = [e.ids[f: e.n_prompt - 1] for e, f in zip(flat, framed)]
         tails = [e.ids[e.n_prompt - 1: -1] for e in flat]
         answers = [e.ids[e.n_prompt:] for e in flat]
-        B, H, L = len(flat), max(len(h) for h in heads), max(len(t) for t in tails)
+        B, P, H, L = len(flat), max(framed), max(len(h) for h in heads), max(len(t) for t in tails)
         head_ids = torch.full((B, H), pad, dtype=torch.long)
         tail_ids = torch.full((B, L), pad, dtype=torch.long)
-        mask = torch.zeros(B, H + L, dtype=torch.long)
-        for b, (h, t) in enumerate(zip(heads, tails)):  # heads left-padded: every tail starts at column H
+        mask = torch.zeros(B, P + H + L, dtype=torch.long)  # columns: frame (cached) | head | tail
+        for b, (f, h, t) in enumerate(zip(framed, heads, tails)):  # frames and heads left-padded, tails at P + H
             head_ids[b, H - len(h):] = torch.tensor(h, dtype=torch.long)
             tail_ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
-            mask[b, H - len(h): H + len(t)] = 1
+            mask[b, P - f: P] = 1
+            mask[b, P + H - len(h): P + H + len(t)] = 1
         pos = (mask.cumsum(1) - 1).clamp_min(0)
         # the answer tokens: row, tail position, label, and the weight that makes each edit's loss its own mean
         rr = torch.cat([torch.full((len(a),), b) for b, a in enumerate(answers)])
@@ -175,16 +229,18 @@ class EditTrainer:
         head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights = (
             t.to(device) for t in (head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights))
 
+        past = {self.cache_kw: frames} if frames is not None else {}
         with torch.no_grad(), self.memory.disabled(), self.memory.capture() as seen, \
                 capture_layer_input(self.layers, self.layer) as cap:  # one pass: the head's KV, the stream at L
-            out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask, position_ids=pos,
-                            use_cache=True)
+            out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask,
+                            position_ids=pos[:, P:], use_cache=True, **past)
         x, hidden = seen[0], cap["hidden"][:, H:]  # (B, H + L, d_ff), (B, L, d)
-        cache = _head_cache(_returned_cache(out), L, H)
+        cache = _head_cache(_returned_cache(out), L, P + H)
         if cache is None:  # a cache that cannot drop the tail: run the head on its own
+            past = {self.cache_kw: self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)])} if P else {}
             with torch.no_grad(), self.memory.disabled():
-                cache = _returned_cache(self.base(input_ids=head_ids, attention_mask=mask[:, :H],
-                                                  position_ids=pos[:, :H], use_cache=True))
+                cache = _returned_cache(self.base(input_ids=head_ids, attention_mask=mask[:, :P + H],
+                                                  position_ids=pos[:, P: P + H], use_cache=True, **past))
         pooled = []
         for b in first_row:  # the key: the first prompt's question tokens
             e = flat[b]
@@ -194,7 +250,7 @@ class EditTrainer:
 
         def loss_fn():
             with start_at_layer(self.layers, self.layer, hidden):
-                h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, H:], use_cache=True,
+                h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, P + H:], use_cache=True,
                               **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, L, d)
             total, logits, nll = self.nll(h[rr, tt], labels, weights)
             return total, logits, nll * weights
