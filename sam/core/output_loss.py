@@ -7,18 +7,23 @@ logits and the backward use the bf16 copy, while the logits that decide the loss
 and its `support` most likely tokens) are recomputed in the model's precision. The loss is then
 exact but for the bf16 error on the improbable tail (under 1e-3 on the default model, see
 tests/test_core_output_loss.py); the gradient carries bf16 rounding, harmless to the optimiser.
+On a CPU with oneDNN both (V, d) products run on the copy reordered once (sam/core/packed.py):
+7.6 -> 3.7 ms forward and 7.6 -> 2.8 ms backward for 12 positions of the default model.
 """
 
 from __future__ import annotations
 
 import torch
 
+from sam.core.packed import PackedWeight, packable
+
 
 class _LowPrecisionHeadNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, weight_lo, bias, labels, cap, support, w):  # h: (N, d), weight: (V, d), labels, w: (N,)
+    def forward(ctx, h, weight, weight_lo, bias, labels, cap, support, w, packed):  # h: (N, d), weight: (V, d), w: (N,)
         with torch.no_grad():
-            z = (h.to(weight_lo.dtype) @ weight_lo.T).float()  # (N, V), low precision
+            h_lo = h.to(weight_lo.dtype)
+            z = (packed.forward(h_lo) if packed is not None else h_lo @ weight_lo.T).float()  # (N, V), low precision
             idx = torch.cat([labels[:, None], z.topk(support, dim=-1).indices], dim=1)  # (N, s + 1)
             if weight_lo is not weight:  # the logits that decide the loss, in the model's precision
                 exact = torch.einsum("nd,nsd->ns", h, weight[idx]).float()  # (N, s + 1)
@@ -34,14 +39,15 @@ class _LowPrecisionHeadNLL(torch.autograd.Function):
                 g = g * (1 - torch.tanh(z / cap) ** 2)
         ctx.save_for_backward(weight_lo, g.to(weight_lo.dtype), w)
         ctx.mark_non_differentiable(logits, nll)
-        ctx.h_dtype = h.dtype
+        ctx.h_dtype, ctx.packed = h.dtype, packed
         return (w * nll).sum(), logits, nll
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logits, _grad_nll):
         weight_lo, g, w = ctx.saved_tensors
-        grad_h = (g @ weight_lo).to(ctx.h_dtype) * (grad_loss * w)[:, None].to(ctx.h_dtype)  # (N, d)
-        return grad_h, None, None, None, None, None, None, None
+        grad_z = ctx.packed.input_grad(g) if ctx.packed is not None else g @ weight_lo
+        grad_h = grad_z.to(ctx.h_dtype) * (grad_loss * w)[:, None].to(ctx.h_dtype)  # (N, d)
+        return grad_h, None, None, None, None, None, None, None, None
 
 
 def low_precision_dtype(device: torch.device) -> torch.dtype:
@@ -64,6 +70,15 @@ class TargetNLL:
         cfg = getattr(model.config, "text_config", None) or model.config
         self.cap = getattr(cfg, "final_logit_softcapping", None)
         self.support = min(support, self.weight.shape[0])
+        self._packed, self._packed_from = None, None
+
+    @property
+    def packed(self) -> PackedWeight | None:
+        """The copy reordered for oneDNN's products (sam/core/packed.py), made once per copy; None: torch's."""
+        if self._packed_from is not self.weight_lo:
+            self._packed = PackedWeight(self.weight_lo) if packable(self.weight_lo.detach()) else None
+            self._packed_from = self.weight_lo
+        return self._packed
 
     def __call__(self, h: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None):
         """h (N, d), labels (N,), weights (N,) -> sum(weights * NLL) (differentiable in h; the mean NLL when
@@ -71,4 +86,4 @@ class TargetNLL:
         if weights is None:
             weights = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
         return _LowPrecisionHeadNLL.apply(h, self.weight, self.weight_lo, self.bias, labels, self.cap, self.support,
-                                          weights.float())
+                                          weights.float(), self.packed)
