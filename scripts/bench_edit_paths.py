@@ -1,43 +1,70 @@
-#!/usr/bin/env python
-"""One edit's training time by path, interleaved in one process on the same requests (machine drift cancels):
+"""One edit's training time by path, interleaved on the same facts in one process (machine drift cancels).
 
     before         the whole prompt in the first pass, torch's GEMMs (the code before issue 13)
-    frames         + the frames' KV cache kept across edits (sam/core/trainer.py)
-    frames+packed  + the steps' products on oneDNN-reordered weights (sam/core/packed.py)
+    frames         + the frames' KV cache kept across edits (EditTrainer.reuse_frames, sam/core/trainer.py)
+    frames+packed  + the steps' products on oneDNN-reordered weights (EditTrainer.packed, sam/core/packed.py)
 
-    .venv/bin/python scripts/bench_edit_paths.py 30      # the first 30 zsRE facts, default model, CPU
+Each edit is trained by `MemoirEditor.train_many` (nothing written); its time is the trainer's
+(`PendingEdit.seconds`). Prints a rich table and writes results/edit/TAG.json.
+
+    python scripts/bench_edit_paths.py --edits 30
 """
-import tempfile, time, contextlib, statistics, sys
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
 from pathlib import Path
-import torch
-from sam.bench.facts import default_zsre, zsre
-from sam.config import EditorConfig
-from sam.core.editor import MemoirEditor
-from sam.core.trainer import EditRequest
-import sam.core.trainer as T
-facts = zsre(default_zsre(), log=lambda *_: None)
-ed = MemoirEditor.open(Path(tempfile.mkdtemp()) / "s", config=EditorConfig())
-tr = ed.trainer
-frames_real, packed_real = tr._frames_cache, T.packed_linears
-nll = tr.nll
-head_pack = nll.packed
-def mode(frames, packs):
-    tr._frames_cache = frames_real if frames else (lambda f: None)
-    T.packed_linears = packed_real if packs else (lambda *a, **k: contextlib.nullcontext())
-    nll._packed = head_pack if packs else None
-cfg = ed.config
-reqs = [[EditRequest(ed._variants(ed.render(f.question)), ed.check_target(f.target))] for f in facts[:int(sys.argv[1]) if len(sys.argv) > 1 else 30]]
-modes = {"before": (0, 0), "frames": (1, 0), "frames+packed": (1, 1)}
-for m in modes.values():  # warm-up
-    mode(*m); tr.train(reqs[0], lr=cfg.learning_rate, max_steps=cfg.max_steps, stop_loss=cfg.stop_loss)
-times = {k: [] for k in modes}; steps = {k: [] for k in modes}; losses = {k: [] for k in modes}
-for r in reqs:
-    for k, m in modes.items():
-        mode(*m)
-        t = time.perf_counter()
-        o = tr.train(r, lr=cfg.learning_rate, max_steps=cfg.max_steps, stop_loss=cfg.stop_loss)[0]
-        times[k].append(time.perf_counter() - t); steps[k].append(o.steps); losses[k].append(o.loss)
-for k in modes:
-    print(f"{k:14s} median {statistics.median(times[k]):.3f} s  mean {statistics.fmean(times[k]):.3f} s  steps {sum(steps[k])}")
-print("same steps:", steps["before"] == steps["frames"] == steps["frames+packed"],
-      "max |loss diff|:", max(abs(a - b) for a, b in zip(losses["before"], losses["frames+packed"])))
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from sam.bench.facts import default_zsre, zsre  # noqa: E402
+from sam.bench.results import write_result  # noqa: E402
+from sam.core.editor import MemoirEditor  # noqa: E402
+
+PATHS = {"before": (False, False), "frames": (True, False), "frames+packed": (True, True)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--edits", type=int, default=30, help="the first N zsRE facts")
+    p.add_argument("--tag", default="edit_train_paths_cpu")
+    p.add_argument("--out", type=Path, default=Path("results/edit"))
+    a = p.parse_args(argv)
+    facts = zsre(default_zsre(), log=lambda *_: None)[: a.edits]
+    ed = MemoirEditor.open(Path(tempfile.mkdtemp()) / "store")
+    trainer = ed.trainer
+
+    def train(path: str, fact):
+        trainer.reuse_frames, trainer.packed = PATHS[path]
+        return ed.train_many([(ed.render(fact.question), fact.target)])[0]
+
+    for path in PATHS:  # warm-up: the frames' cache and the reordered weights are made here
+        train(path, facts[0])
+    runs = {path: [] for path in PATHS}
+    for fact in facts:
+        for path in PATHS:
+            runs[path].append(train(path, fact))
+    res = {"edits": len(facts), "paths": {
+        path: {"median_s": statistics.median(e.seconds for e in edits), "mean_s": statistics.fmean(e.seconds for e in edits),
+               "steps": sum(e.outcome.steps for e in edits)} for path, edits in runs.items()}}
+    res["same_steps"] = len({tuple(e.outcome.steps for e in edits) for edits in runs.values()}) == 1
+    res["max_loss_diff"] = max(abs(x.outcome.loss - y.outcome.loss) for x, y in zip(runs["before"], runs["frames+packed"]))
+    table = Table(title=f"one edit's training by path, {len(facts)} zsRE edits interleaved")
+    for col in ("path", "median s", "mean s", "steps"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for path, r in res["paths"].items():
+        table.add_row(path, f"{r['median_s']:.3f}", f"{r['mean_s']:.3f}", str(r["steps"]))
+    Console().print(table)
+    print(f"same steps: {res['same_steps']}, max |loss difference| before vs frames+packed: {res['max_loss_diff']:.2e}")
+    write_result(a.out, a.tag, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,6 @@ names a 50,000-edit store has. Prints the median seconds per batch and writes re
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from sam.bench import facts as F  # noqa: E402
+from sam.bench.results import write_result  # noqa: E402
 from sam.core.fingerprinter import TopHashFingerprinter  # noqa: E402
 from sam.core.router import Router  # noqa: E402
 from sam.core.sentence_key import DIM  # noqa: E402
@@ -58,10 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(questions):,} active edits: load {load_s:.2f} s; deciding {a.batch} questions "
           f"{result['decide_seconds_median'] * 1000:.1f} ms median of {a.repeats} "
           f"({result['decide_seconds_median'] / a.batch * 1000:.2f} ms per question)")
-    a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"{a.tag or f'route_{len(questions)}'}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_result(a.out, a.tag or f"route_{len(questions)}", result)
     return result
 
 

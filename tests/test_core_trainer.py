@@ -87,7 +87,7 @@ def test_training_stops_at_the_stop_loss_and_leaves_the_model_alone(editors):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors, kind, monkeypatch):
+def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors, kind):
     """The frames (system prompt, earlier turns) are run once and kept: a cached frame trains bit for bit as a
     freshly run one, and both as the whole prompt run in one pass (the frames cache turned off)."""
     ed = editors(kind)
@@ -96,8 +96,11 @@ def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors
     assert len(ed.trainer._frames) == 1
     cached = run(ed, True, 3)  # from the kept cache, which the first training must have left as it was
     assert torch.equal(cached.delta, fresh.delta) and cached.loss == fresh.loss
-    monkeypatch.setattr(ed.trainer, "_frames_cache", lambda frames: None)
-    whole = run(ed, True, 3)
+    ed.trainer.reuse_frames = False
+    try:
+        whole = run(ed, True, 3)
+    finally:
+        ed.trainer.reuse_frames = True
     assert torch.equal(whole.cols, fresh.cols)
     assert whole.loss == pytest.approx(fresh.loss, rel=1e-5, abs=1e-6)
     assert torch.allclose(whole.delta, fresh.delta, rtol=1e-4, atol=1e-5)

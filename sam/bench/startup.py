@@ -8,13 +8,14 @@ cache, as a user's second question would find it. Prints a rich table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sam.bench.results import write_result
 
 
 def time_ask(question: str, runs: int, env: dict[str, str]) -> list[float]:
@@ -54,10 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         table.add_column(col, justify="right")
     table.add_row(f"{res['median_s']:.2f}", f"{res['min_s']:.2f}", f"{res['max_s']:.2f}")
     Console().print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag}.json"
-    path.write_text(json.dumps(res, indent=2))
-    print(f"wrote {path}")
+    write_result(args.out, args.tag, res)
     return res
 
 

@@ -70,20 +70,20 @@ class TargetNLL:
         cfg = getattr(model.config, "text_config", None) or model.config
         self.cap = getattr(cfg, "final_logit_softcapping", None)
         self.support = min(support, self.weight.shape[0])
-        self._packed, self._packed_from = None, None
+        self._packed: PackedWeight | None | bool = False  # False: not made yet
 
     @property
     def packed(self) -> PackedWeight | None:
-        """The copy reordered for oneDNN's products (sam/core/packed.py), made once per copy; None: torch's."""
-        if self._packed_from is not self.weight_lo:
+        """The copy reordered for oneDNN's products (sam/core/packed.py), made once; None: torch's."""
+        if self._packed is False:
             self._packed = PackedWeight(self.weight_lo) if packable(self.weight_lo.detach()) else None
-            self._packed_from = self.weight_lo
         return self._packed
 
-    def __call__(self, h: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None):
+    def __call__(self, h: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                 packed: bool = True):
         """h (N, d), labels (N,), weights (N,) -> sum(weights * NLL) (differentiable in h; the mean NLL when
         weights is None), the (N, V) logits and the per-position NLL (N,) (neither differentiable)."""
         if weights is None:
             weights = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
         return _LowPrecisionHeadNLL.apply(h, self.weight, self.weight_lo, self.bias, labels, self.cap, self.support,
-                                          weights.float(), self.packed)
+                                          weights.float(), self.packed if packed else None)

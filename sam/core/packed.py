@@ -23,11 +23,13 @@ the CPU or the dtype is not fp32/bf16, nothing is packed and torch's own product
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 from torch import nn
 
 
+@lru_cache(maxsize=1)
 def _ops():
     mkldnn = getattr(torch.ops, "mkldnn", None)
     try:

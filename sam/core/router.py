@@ -223,7 +223,7 @@ class _NameEntries:
 
     def get(self, name_ids: list[tuple[int, ...]], device: torch.device):
         n = len(name_ids)
-        if self._rows is None or self._upto > n:
+        if self._rows is None:
             self._upto = 0
             self._rows = self._ids = torch.zeros(0, dtype=torch.long, device=device)
             self._need = torch.zeros(0, dtype=torch.int32, device=device)

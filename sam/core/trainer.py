@@ -26,8 +26,9 @@ keys and values in every layer depend on those tokens alone:
 They are run once (the distinct frames of a batch, left-padded) and kept by their token ids
 (`_frames_cache`); an edit's one pass then runs only head minus frame, plus tail, after a fork of them.
 With the default model's three rows (42, 34 and 69 tokens, frames of 24, 16 and 51) that pass goes
-from 3 x 68 padded positions to 3 x 22, and one CPU edit's training from 0.96 s to 0.71 s median
-(30 zsRE edits, the two paths interleaved in one process, 2 cores; the same steps). The frame never
+from 3 x 68 padded positions to 3 x 22, and one CPU edit's training from 0.89 s to 0.62 s median
+(30 zsRE edits, the paths interleaved in one process, 2 cores; the same steps: `python
+scripts/bench_edit_paths.py`, results/edit/edit_train_paths_cpu.json). The frame never
 sees the memory (it acts from the last prompt token on), so this holds at every step; the losses
 equal the whole-prompt pass's to float rounding (tests/test_core_trainer.py).
 
@@ -35,7 +36,7 @@ A step's products are skinny, (12, d) x (d, d') for 3 rows of a 4-token tail, an
 repacks the weight at each call; the layers a step runs and lm_head's copy therefore go through
 oneDNN on weights reordered once (sam/core/packed.py), the same products to float rounding. On one
 edit's step, forward + backward, interleaved with torch's own: 54 -> 34 ms median, and one edit's
-training 0.71 -> 0.55 s median (as above). The reordered copies (these layers' and lm_head's) cost
+training 0.62 -> 0.48 s median (as above). The reordered copies (these layers' and lm_head's) cost
 ~130 MB RSS (benchmark: 1,402 -> 1,530 MB).
 """
 
@@ -118,6 +119,9 @@ class EditTrainer:
         self.cache_kw = _cache_kwarg(self.base)
         self.head_dtype = head_dtype  # None: bf16 where its matmul is fast (see output_loss)
         self._nll: TargetNLL | None = None  # built on the first edit: it holds a copy of lm_head
+        # the two CPU speed-ups of the docstring, on by default; off only to measure the paths side by side
+        # (scripts/bench_edit_paths.py) or to check that they change nothing (tests)
+        self.reuse_frames, self.packed = True, True
         self._packs: dict = {}  # the upper layers' weights reordered for oneDNN (sam/core/packed.py)
         self._frames: OrderedDict[tuple, object] = OrderedDict()  # distinct frames' token ids -> their KV cache
 
@@ -210,7 +214,8 @@ class EditTrainer:
         edit_of_row = torch.tensor([i for i, edit in enumerate(rows) for _ in edit])
         # each row's frame: its tokens before the question (system prompt, earlier turns), the same in every edit
         framed = [e.key.index(True) for e in flat]
-        frames = self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)]) if min(framed) > 0 else None
+        frames = (self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)])
+                  if self.reuse_frames and min(framed) > 0 else None)
         if frames is None:  # a row without a frame, or a cache that can't be indexed: the whole prompt is the head
             framed = [0] * len(flat)
         heads = [e.ids[f: e.n_prompt - 1] for e, f in zip(flat, framed)]
@@ -262,12 +267,13 @@ class EditTrainer:
             with start_at_layer(self.layers, self.layer, hidden):
                 h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, P + H:], use_cache=True,
                               **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, L, d)
-            total, logits, nll = self.nll(h[rr, tt], labels, weights)
+            total, logits, nll = self.nll(h[rr, tt], labels, weights, packed=self.packed)
             return total, logits, nll * weights
 
         slot = TrainSlot(cols, torch.nn.Parameter(torch.zeros(len(rows), self.memory.out_features, cols.shape[1],
                                                               device=device)), edit_of_row.to(device))
-        with packed_linears(self.layers[self.layer:], self._packs):  # the steps' skinny products (sam/core/packed.py)
+        upper = self.layers[self.layer:] if self.packed else []  # the steps' skinny products (sam/core/packed.py)
+        with packed_linears(upper, self._packs):
             return self._optimise(loss_fn, slot, edit_of, first, labels, len(rows), lr, max_steps, stop_loss)
 
     # --- naive: the whole model, every step ---------------------------------------------------------------

@@ -1,0 +1,16 @@
+"""Where a benchmark's figures go: results/.../TAG.json, written atomically, and said on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sam.memory.atomic import atomic_write
+
+
+def write_result(out_dir: Path, tag: str, result: dict) -> Path:
+    """Write `result` as out_dir/TAG.json (a crash leaves the old file or the new one) and print its path."""
+    path = Path(out_dir) / f"{tag}.json"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    print(f"wrote {path}")
+    return path
