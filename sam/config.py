@@ -54,8 +54,10 @@ class EditorConfig(BaseModel):
                                    "conversation) the model is given, in tokens; older turns are dropped first.")
     seed: int = Field(0, ge=0, description="Seeds the TopHash permutation and the training prefixes.")
     fast: bool = Field(True, description="Cache the layers below the edited one while training (False: naive loop).")
-    head_dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="lm_head copy for the training logits: auto (bf16 where fast), bfloat16, float32.")
+    train_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Precision of the frozen model's products while an edit trains (lm_head's copy; on a "
+                            "CPU with oneDNN also the layers' reordered weights): auto (bf16 where fast), bfloat16, "
+                            "float32 (the model's own products, to float rounding).")
 
     def resolved_layer(self, depth: int) -> int:
         return self.layer if self.layer is not None else int(round(0.85 * (depth - 1)))

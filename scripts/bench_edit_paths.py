@@ -1,8 +1,12 @@
 """One edit's training time by path, interleaved on the same facts in one process (machine drift cancels).
 
-    before         the whole prompt in the first pass, torch's GEMMs (the code before issue 13)
-    frames         + the frames' KV cache kept across edits (EditTrainer.reuse_frames, sam/core/trainer.py)
-    frames+packed  + the steps' products on oneDNN-reordered weights (EditTrainer.packed, sam/core/packed.py)
+    before              the whole prompt in the first pass, torch's GEMMs (the code before issue 13)
+    frames              + the frames' KV cache kept across edits (EditTrainer.reuse_frames, sam/core/trainer.py)
+    frames+packed       + the steps' products on oneDNN-reordered fp32 weights (EditTrainer.packed, sam/core/packed.py)
+    frames+packed bf16  + every product of the training passes on bf16 reordered weights (the default where the
+                        CPU has bf16 dot products)
+
+lm_head's copy is the default training precision's (bf16 on such a CPU) on every path, as it was before.
 
 Each edit is trained by `MemoirEditor.train_many` (nothing written); its time is the trainer's
 (`PendingEdit.seconds`). Prints a rich table and writes results/edit/TAG.json.
@@ -20,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -27,7 +32,8 @@ from sam.bench.facts import default_zsre, zsre  # noqa: E402
 from sam.bench.results import write_result  # noqa: E402
 from sam.core.editor import MemoirEditor  # noqa: E402
 
-PATHS = {"before": (False, False), "frames": (True, False), "frames+packed": (True, True)}
+PATHS = {"before": (False, None), "frames": (True, None), "frames+packed": (True, torch.float32),
+         "frames+packed bf16": (True, torch.bfloat16)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,14 +60,16 @@ def main(argv: list[str] | None = None) -> dict:
         path: {"median_s": statistics.median(e.seconds for e in edits), "mean_s": statistics.fmean(e.seconds for e in edits),
                "steps": sum(e.outcome.steps for e in edits)} for path, edits in runs.items()}}
     res["same_steps"] = len({tuple(e.outcome.steps for e in edits) for edits in runs.values()}) == 1
-    res["max_loss_diff"] = max(abs(x.outcome.loss - y.outcome.loss) for x, y in zip(runs["before"], runs["frames+packed"]))
+    res["max_loss_diff_from_before"] = {path: max(abs(x.outcome.loss - y.outcome.loss)
+                                                   for x, y in zip(runs["before"], runs[path])) for path in list(PATHS)[1:]}
     table = Table(title=f"one edit's training by path, {len(facts)} zsRE edits interleaved")
     for col in ("path", "median s", "mean s", "steps"):
         table.add_column(col, justify="right" if col != "path" else "left")
     for path, r in res["paths"].items():
         table.add_row(path, f"{r['median_s']:.3f}", f"{r['mean_s']:.3f}", str(r["steps"]))
     Console().print(table)
-    print(f"same steps: {res['same_steps']}, max |loss difference| before vs frames+packed: {res['max_loss_diff']:.2e}")
+    print(f"same steps on every path: {res['same_steps']}; max |final loss difference| from before: "
+          + ", ".join(f"{path} {d:.2e}" for path, d in res["max_loss_diff_from_before"].items()))
     write_result(a.out, a.tag, res)
     return res
 

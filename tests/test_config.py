@@ -60,7 +60,7 @@ BAD = [
     ("seed", "-1", "0"),
     ("layer", "-1", "0"),
     ("fast", "maybe", "false"),
-    ("head_dtype", "float16", "bfloat16"),
+    ("train_dtype", "float16", "bfloat16"),
 ]
 
 
@@ -78,7 +78,7 @@ def test_every_editor_range_is_refused_from_the_environment_with_its_name(monkey
 
 @pytest.mark.parametrize("field,bad,good", BAD)
 def test_every_editor_range_is_refused_in_python_too(field, bad, good):
-    value = {"fast": "maybe", "head_dtype": "float16", "key": "minilm"}.get(field)
+    value = {"fast": "maybe", "train_dtype": "float16", "key": "minilm"}.get(field)
     if value is None:
         value = float(bad) if field in ("similarity_threshold", "mask_overlap", "learning_rate", "stop_loss") \
             or "." in bad \

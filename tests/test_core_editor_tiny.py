@@ -354,16 +354,16 @@ FACTS3 = [FACT, FACT2, ("Who designed Lahti Town Hall?", "Alfred Lahti and the a
 @pytest.mark.parametrize("kind", KINDS)
 def test_train_many_gives_each_edit_what_it_gets_alone(tiny, kind):
     """Three edits with targets of 3, 3 and 12 tokens, batched: the same steps (each stops at its own
-    convergence) and the same deltas as one by one. With an fp32 lm_head copy (a bf16 one rounds the
+    convergence) and the same deltas as one by one. With fp32 training products (bf16 ones round the
     gradient differently in a batch of another shape), so only the batching is compared."""
-    head = "float32"
-    probe = tiny(kind, name="probe", config=config(max_steps=4, stop_loss=1e-6, head_dtype=head))
+    fp32 = "float32"
+    probe = tiny(kind, name="probe", config=config(max_steps=4, stop_loss=1e-6, train_dtype=fp32))
     pairs = [(probe.render(q), t) for q, t in FACTS3]
     after4 = sorted(probe.train(p, t).outcome.loss for p, t in pairs)
     probe.close()
     # a stop loss the fastest edit reaches within 4 steps and the others later (or never): they stop apart.
     # A random model's losses sit near ln(vocab) ~ 10.8, above the range users may set, hence model_copy.
-    ed = tiny(kind, config=config(max_steps=12, head_dtype=head))
+    ed = tiny(kind, config=config(max_steps=12, train_dtype=fp32))
     ed.config = ed.config.model_copy(update={"stop_loss": (after4[0] + after4[1]) / 2})
     many = ed.train_many(pairs)
     alone = [ed.train(p, t) for p, t in pairs]

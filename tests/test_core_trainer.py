@@ -29,7 +29,7 @@ def editors(tmp_path_factory, tiny_llama_dir, tiny_gpt2_dir):
             model = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[kind]
             made[kind, fmt] = MemoirEditor.open(tmp_path_factory.mktemp(f"trainer-{kind}") / "store", model=str(model),
                                                 prompt_format=fmt,
-                                                config=EditorConfig(layer=1, top_k=16, head_dtype="float32"))
+                                                config=EditorConfig(layer=1, top_k=16, train_dtype="float32"))
         return made[kind, fmt]
 
     yield get

@@ -165,9 +165,9 @@ class MemoirEditor:
             questions, keys = self.store.active_keys(self.router.encode) if len(ids) else ([], torch.zeros(0, KEY_DIM))
             self.router.load(ids, cols, questions, keys)
         self._prefixes: list[str] | None = None
-        head_dtype = None if cfg.head_dtype == "auto" else getattr(torch, cfg.head_dtype)
+        train_dtype = None if cfg.train_dtype == "auto" else getattr(torch, cfg.train_dtype)
         self.trainer = EditTrainer(self.model, self.tokenizer, self.prompts, self.memory, self.site.layers,
-                                   self.layer, self.router.columns, head_dtype)
+                                   self.layer, self.router.columns, train_dtype)
 
     def _fingerprinter(self, permutation_file: Path | None, repair: bool) -> TopHashFingerprinter:
         try:

@@ -38,33 +38,37 @@ def _ops():
         return None
 
 
-def packable(weight: torch.Tensor) -> bool:
-    """True where `weight` can be reordered for oneDNN: a frozen 2-D CPU tensor in fp32, or bf16 on a CPU
-    with bf16 dot products."""
+def packable(weight: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """True where `weight` can be reordered for oneDNN in `dtype` (its own by default): a frozen 2-D CPU
+    tensor in fp32, or bf16 on a CPU with bf16 dot products."""
     if weight.device.type != "cpu" or weight.dim() != 2 or weight.requires_grad or _ops() is None:
         return False
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available() or weight.dtype not in (torch.float32, torch.bfloat16):
         return False
-    if weight.dtype == torch.bfloat16:
+    if (dtype or weight.dtype) == torch.bfloat16:
         return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return weight.dtype == torch.float32
+    return (dtype or weight.dtype) == torch.float32
 
 
 class PackedWeight:
-    """A frozen (d_out, d_in) weight reordered for oneDNN: `forward(x)` = x W^T (+ b), `input_grad(g)` = g W."""
+    """A frozen (d_out, d_in) weight reordered for oneDNN: `forward(x)` = x W^T (+ b), `input_grad(g)` = g W.
+    With `dtype` (bf16 for an fp32 weight) the products run on a copy in that precision and their results
+    come back in the input's dtype."""
 
-    def __init__(self, weight: torch.Tensor):
-        self.weight = weight.detach()
-        self._forward = _ops()[0](self.weight)
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype | None = None):
+        self.dtype = dtype or weight.dtype
+        self.weight = weight.detach()  # the model's own: a copy in `dtype` would cost the reorder's memory again
+        self._forward = _ops()[0](self.weight.to(self.dtype))
         self._backward = None  # W^T's reorder, made at the first backward
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return _ops()[1](x, self._forward, bias, "none", [], "")
+        bias = bias.to(self.dtype) if bias is not None else None
+        return _ops()[1](x.to(self.dtype), self._forward, bias, "none", [], "").to(x.dtype)
 
     def input_grad(self, grad_y: torch.Tensor) -> torch.Tensor:
         if self._backward is None:
-            self._backward = _ops()[0](self.weight.T.contiguous())
-        return _ops()[1](grad_y.contiguous(), self._backward, None, "none", [], "")
+            self._backward = _ops()[0](self.weight.T.to(self.dtype).contiguous())
+        return _ops()[1](grad_y.to(self.dtype).contiguous(), self._backward, None, "none", [], "").to(grad_y.dtype)
 
 
 class _PackedLinear(torch.autograd.Function):
@@ -78,21 +82,23 @@ class _PackedLinear(torch.autograd.Function):
         return ctx.packed.input_grad(grad_y), None, None
 
 
-def _usable(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) and packable(m.weight) and (m.bias is None or not m.bias.requires_grad)
+def _usable(m: nn.Module, dtype: torch.dtype | None) -> bool:
+    return isinstance(m, nn.Linear) and packable(m.weight, dtype) and (m.bias is None or not m.bias.requires_grad)
 
 
 @contextmanager
-def packed_linears(layers, packs: dict[nn.Linear, PackedWeight]):
+def packed_linears(layers, packs: dict[tuple[nn.Linear, torch.dtype], PackedWeight], dtype: torch.dtype | None = None):
     """Inside the block the frozen nn.Linear modules of `layers` run through their packed weights (made
-    once, kept in `packs`); each module's own forward comes back after it."""
-    linears = [m for layer in layers for m in layer.modules() if _usable(m)]
+    once in `dtype`, their own by default, and kept in `packs` by module and dtype); each module's own forward
+    comes back after it."""
+    linears = [m for layer in layers for m in layer.modules() if _usable(m, dtype)]
     saved = []
     for m in linears:
-        if m not in packs:
-            packs[m] = PackedWeight(m.weight)
+        key = (m, dtype or m.weight.dtype)
+        if key not in packs:
+            packs[key] = PackedWeight(m.weight, dtype)
         saved.append(m.__dict__.get("forward"))
-        m.forward = (lambda x, m=m, p=packs[m]: _PackedLinear.apply(x, m.bias, p))
+        m.forward = (lambda x, m=m, p=packs[key]: _PackedLinear.apply(x, m.bias, p))
     try:
         yield
     finally:

@@ -55,7 +55,7 @@ from sam.core.fingerprinter import TopHashFingerprinter
 from sam.core.layer_cache import capture_layer_input, start_at_layer
 from sam.core.memory_layer import ResidualMemoryLayer, TrainSlot
 from sam.core.packed import packed_linears
-from sam.core.output_loss import TargetNLL
+from sam.core.output_loss import TargetNLL, low_precision_dtype
 from sam.core.prompts import Prompt, PromptFormat
 
 
@@ -112,23 +112,25 @@ class EditTrainer:
     FRAME_CACHES = 4  # sets of frames whose KV cache is kept (the default model's 3 frames: ~7 MB)
 
     def __init__(self, model, tokenizer, fmt: PromptFormat, memory: ResidualMemoryLayer, layers, layer: int,
-                 columns: Callable[[torch.Tensor], torch.Tensor], head_dtype: torch.dtype | None = None):
+                 columns: Callable[[torch.Tensor], torch.Tensor], train_dtype: torch.dtype | None = None):
         self.model, self.tokenizer, self.fmt, self.memory = model, tokenizer, fmt, memory
         self.layers, self.layer, self.columns = layers, layer, columns
         self.base = model.base_model
         self.cache_kw = _cache_kwarg(self.base)
-        self.head_dtype = head_dtype  # None: bf16 where its matmul is fast (see output_loss)
+        # the precision of the frozen products while training (lm_head's copy, the reordered layers)
+        self.train_dtype = train_dtype or low_precision_dtype(self.device)  # auto: bf16 where its matmul is fast
         self._nll: TargetNLL | None = None  # built on the first edit: it holds a copy of lm_head
-        # the two CPU speed-ups of the docstring, on by default; off only to measure the paths side by side
-        # (scripts/bench_edit_paths.py) or to check that they change nothing (tests)
-        self.reuse_frames, self.packed = True, True
-        self._packs: dict = {}  # the upper layers' weights reordered for oneDNN (sam/core/packed.py)
+        # the CPU speed-ups of the docstring, on by default; off only to measure the paths side by side
+        # (scripts/bench_edit_paths.py) or to check that they change nothing (tests). packed: the precision of
+        # the layers' reordered weights, None for torch's own products
+        self.reuse_frames, self.packed = True, self.train_dtype
+        self._packs: dict = {}  # the layers' weights reordered for oneDNN, by module and precision (sam/core/packed.py)
         self._frames: OrderedDict[tuple, object] = OrderedDict()  # distinct frames' token ids -> their KV cache
 
     @property
     def nll(self) -> TargetNLL:
         if self._nll is None:
-            self._nll = TargetNLL(self.model, self.head_dtype)
+            self._nll = TargetNLL(self.model, self.train_dtype)
         return self._nll
 
     @property
@@ -245,7 +247,10 @@ class EditTrainer:
             t.to(device) for t in (head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights))
 
         past = {self.cache_kw: frames} if frames is not None else {}
+        # every layer's products reordered, in low precision only (fp32 copies of the whole model: +420 MB for ~7%)
+        every = self.layers if self.packed not in (None, torch.float32) else []
         with torch.no_grad(), self.memory.disabled(), self.memory.capture() as seen, \
+                packed_linears(every, self._packs, self.packed), \
                 capture_layer_input(self.layers, self.layer) as cap:  # one pass: the head's KV, the stream at L
             out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask,
                             position_ids=pos[:, P:], use_cache=True, **past)
@@ -267,13 +272,13 @@ class EditTrainer:
             with start_at_layer(self.layers, self.layer, hidden):
                 h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, P + H:], use_cache=True,
                               **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, L, d)
-            total, logits, nll = self.nll(h[rr, tt], labels, weights, packed=self.packed)
+            total, logits, nll = self.nll(h[rr, tt], labels, weights, packed=self.packed is not None)
             return total, logits, nll * weights
 
         slot = TrainSlot(cols, torch.nn.Parameter(torch.zeros(len(rows), self.memory.out_features, cols.shape[1],
                                                               device=device)), edit_of_row.to(device))
-        upper = self.layers[self.layer:] if self.packed else []  # the steps' skinny products (sam/core/packed.py)
-        with packed_linears(upper, self._packs):
+        upper = self.layers[self.layer:] if self.packed is not None else []  # the steps' skinny products
+        with packed_linears(upper, self._packs, self.packed):
             return self._optimise(loss_fn, slot, edit_of, first, labels, len(rows), lr, max_steps, stop_loss)
 
     # --- naive: the whole model, every step ---------------------------------------------------------------
