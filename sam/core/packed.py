@@ -15,9 +15,14 @@ same products in the same precision; only the order of the sums differs (max rel
     lm_head's bf16 copy, (12, 576) x (576, 49152)     7.6 -> 3.7 ms
     its backward, (12, 49152) x (49152, 576)          7.6 -> 2.8 ms
 
-The reordered copies cost memory (one per weight, and one of W^T once a backward needs it), so they
-are made only for the few layers a training step runs. Where oneDNN is missing, the device is not
-the CPU or the dtype is not fp32/bf16, nothing is packed and torch's own product runs.
+A copy may be made in bf16 from an fp32 weight (`dtype`): the product then runs on the CPU's bf16 dot
+products and its result comes back in fp32; at 66 rows, a first pass's shape, (576 -> 1536) goes
+0.61 -> 0.35 ms (fp32 reordered -> bf16 reordered).
+
+The reordered copies cost memory (one per weight, and one of W^T once a backward needs it): the trainer
+makes fp32 ones only for the few layers a training step runs, and bf16 ones for every layer.
+Where oneDNN is missing, the device is not the CPU or the dtype is not fp32/bf16, nothing is packed
+and torch's own product runs.
 """
 
 from __future__ import annotations
