@@ -91,9 +91,9 @@ def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors
     """The frames (system prompt, earlier turns) are run once and kept: a cached frame trains bit for bit as a
     freshly run one, and both as the whole prompt run in one pass (the frames cache turned off)."""
     ed = editors(kind)
-    ed.trainer._frames.clear()
+    ed.trainer.clear_frames()
     fresh = run(ed, True, 3)
-    assert len(ed.trainer._frames) == 1
+    assert ed.trainer.cached_frames == 1
     cached = run(ed, True, 3)  # from the kept cache, which the first training must have left as it was
     assert torch.equal(cached.delta, fresh.delta) and cached.loss == fresh.loss
     ed.trainer.reuse_frames = False
@@ -108,8 +108,8 @@ def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors
 
 def test_the_frames_cache_keeps_a_few_sets_of_frames(editors):
     ed = editors("llama")
-    ed.trainer._frames.clear()
+    ed.trainer.clear_frames()
     for i in range(ed.trainer.FRAME_CACHES + 2):  # another system prompt: another set of frames
         p = ed.prompts.render(FACT[0], system=f"System prompt number {i}.")
         ed.trainer.train([EditRequest([p], FACT[1])], lr=0.1, max_steps=0, stop_loss=0.0)
-    assert len(ed.trainer._frames) == ed.trainer.FRAME_CACHES
+    assert ed.trainer.cached_frames == ed.trainer.FRAME_CACHES

@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sam.bench.facts import Fact, default_zsre, natural, zsre
+from sam.bench.results import write_result
 from sam.config import add_editor_options, editor_config_from
 from sam.core.editor import MemoirEditor
 from sam.core.prompts import Prompt, Turn, contains_answer, repeats
@@ -205,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"chat_{result['dataset']}_{result['format']}_T{result['checkpoints'][-1]['T']}"
-    path = args.out / f"{tag}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(args.out, tag, result, quiet=True)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -40,6 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sam.bench.facts import Fact, default_zsre, natural, synthetic, zsre
+from sam.bench.results import write_result
 from sam.config import EditorConfig, add_editor_options, editor_config_from
 from sam.core.editor import MemoirEditor
 from sam.core.prompts import normalize
@@ -281,14 +282,14 @@ def run(args) -> dict:
                     cp = checkpoint(ed, facts, i, args, store, sparse, result)
                     result["checkpoints"].append(cp)
                     console.print(_row_text(cp))
-                    path.write_text(json.dumps(result, indent=2))
+                    write_result(out, tag, result, quiet=True)  # each checkpoint survives what follows
             else:
                 result.pop("paused_at", None)
     finally:
         ed.close()
     if args.compare_naive and "naive_vs_fast" not in result and "paused_at" not in result:
         result["naive_vs_fast"] = compare_loops(facts[: args.compare_naive], args, config, result["edit_seconds"])
-    path.write_text(json.dumps(result, indent=2))
+    write_result(out, tag, result, quiet=True)
     result["path"] = str(path)
     if not args.store:
         import shutil

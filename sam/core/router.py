@@ -57,9 +57,9 @@ class Router:
         self._questions: list[str] = []
         self._row: dict[int, int] = {}
         self._known: Counter = Counter()  # the names of the active edits' questions
-        self._names: list[set[str]] = []  # per row
-        self._name_ids: list[tuple[int, ...]] = []  # per row: its names' ids in _vocab
+        self._name_ids: list[tuple[int, ...]] = []  # per row: its question's names, as ids in _vocab
         self._vocab: dict[str, int] = {}  # every name seen -> id (from 1; grows only)
+        self._words: list[str] = [""]  # id -> name
         self._nameless: set[int] = set()  # rows whose question has no names (kept, not scanned: O(1) per edit)
         self._entries = _NameEntries()  # the (row, name id) pairs on the device, for allowed()
 
@@ -87,8 +87,11 @@ class Router:
             self._ids.append(i)
             self._questions.append(q)
             nm = names(q)
-            self._names.append(nm)
-            self._name_ids.append(tuple(self._vocab.setdefault(w, len(self._vocab) + 1) for w in nm))
+            for w in nm:
+                if w not in self._vocab:
+                    self._vocab[w] = len(self._words)
+                    self._words.append(w)
+            self._name_ids.append(tuple(self._vocab[w] for w in nm))
             if not nm:
                 self._nameless.add(r)
             self._known.update(nm)
@@ -98,7 +101,7 @@ class Router:
         r = self._row.pop(edit_id, None)
         if r is None:
             return
-        for w in self._names[r]:
+        for w in map(self._words.__getitem__, self._name_ids[r]):
             self._known[w] -= 1
             if self._known[w] <= 0:  # no active edit has this name any more
                 del self._known[w]
@@ -107,12 +110,12 @@ class Router:
         if r != last:  # move the last row into the hole
             self._keys[r] = self._keys[last]
             self._ids[r], self._questions[r] = self._ids[last], self._questions[last]
-            self._names[r], self._name_ids[r] = self._names[last], self._name_ids[last]
+            self._name_ids[r] = self._name_ids[last]
             if last in self._nameless:
                 self._nameless.discard(last)
                 self._nameless.add(r)
             self._row[self._ids[r]] = r
-        for lst in (self._ids, self._questions, self._names, self._name_ids):
+        for lst in (self._ids, self._questions, self._name_ids):
             lst.pop()
         self._entries.stale()
 

@@ -144,6 +144,15 @@ class EditTrainer:
         return self._nll
 
     @property
+    def cached_frames(self) -> int:
+        """How many sets of frames have their KV cache kept (at most FRAME_CACHES)."""
+        return len(self._frames)
+
+    def clear_frames(self) -> None:
+        """Drop the kept frames' KV caches: the next edit runs its frames again."""
+        self._frames.clear()
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

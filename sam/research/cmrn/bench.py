@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sam.bench.results import write_result
 from sam.research.cmrn.config import CMRNConfig
 from sam.research.cmrn.data import lm_batch, load_domain, make_fact, random_windows
 from sam.research.cmrn.model import CMRN
@@ -573,7 +574,7 @@ def merge(paths: list[str], out: Path, console) -> dict:
     res = dict(meta=meta, seeds=seeds)
     res["summary"] = summarise(seeds, cost, S)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cmrn_bench.json").write_text(json.dumps(res, indent=1))
+    write_result(out, "cmrn_bench", res, quiet=True)
     print_tables(res, console)
     files = plots(res, out)
     console.print(f"merged {len(paths)} runs ({len(seeds)} seeds) into {out / 'cmrn_bench.json'} and {', '.join(files)}")
@@ -660,14 +661,14 @@ def main(argv: list[str] | None = None) -> int:
             seed_s.append(time.time() - t_seed)
             meta["seeds"], meta["seed_wall_s"] = [r["seed"] for r in seeds], seed_s
             res["seeds"] = seeds
-            (out / "cmrn_bench.json").write_text(json.dumps(res, indent=1))  # partial results survive a time-out
+            write_result(out, "cmrn_bench", res, quiet=True)  # partial results survive a time-out
         if not args.skip_cost:
             progress.update(task, description="cost")
             cost = cost_curve(cmrn_cfg, tf_cfg, S["cost_lengths"], S["cost_reps"], tr["segment_len"], args.device)
         progress.advance(task, 1)
     res["summary"] = summarise(seeds, cost, S)
     meta["wall_s"] = time.time() - t_start
-    (out / "cmrn_bench.json").write_text(json.dumps(res, indent=1))
+    write_result(out, "cmrn_bench", res, quiet=True)
     print_tables(res, console)
     files = plots(res, out)
     console.print(f"wrote {out / 'cmrn_bench.json'} and {', '.join(files)} in {meta['wall_s']:.0f} s")

@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from sam.bench.results import write_result
 from sam.errors import InvalidInputError
 
 from .experiments import (KINDS, MODELS, ContinualSettings, ModelSize, RecallSettings, continual_job, model_specs,
@@ -568,7 +569,7 @@ def _write_report(result: dict, out_dir: Path, console) -> None:
     if "continual" in summary:
         files.append(plots.continual_plot(summary, out_dir))
     result["plots"] = files
-    (out_dir / "memnet_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    write_result(out_dir, "memnet_bench", result, quiet=True)
     print_tables(summary, console, result["seeds"])
     console.print(f"wall {result['wall_s']:.0f}s -> {out_dir / 'memnet_bench.json'}, {', '.join(files)}")
 

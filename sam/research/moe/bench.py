@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam.bench.results import write_result
 from sam.research.moe import MemoryBank, MemoryConfig, MemoryEnhancedMoE, create_memory_enhanced_moe
 from sam.research.moe.types import ExpertSpecialization
 
@@ -444,7 +445,7 @@ def run(seeds: int = 5, out_dir: Path = Path("results/moe"), quick: bool = False
                             specialization=spec_runs),
                   wall_s=time.perf_counter() - t_start)
     result["plots"] = _plots(summary, cont_runs, out_dir)
-    (out_dir / "moe_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    write_result(out_dir, "moe_bench", result, quiet=True)
 
     # ------------------------------------------------ tables
     steps = s["adapt_steps"]
