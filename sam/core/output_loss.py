@@ -27,13 +27,13 @@ class _LowPrecisionHeadNLL(torch.autograd.Function):
             idx = torch.cat([labels[:, None], z.topk(support, dim=-1).indices], dim=1)  # (N, s + 1)
             if weight_lo is not weight:  # the logits that decide the loss, in the model's precision
                 exact = torch.einsum("nd,nsd->ns", h, weight[idx]).float()  # (N, s + 1)
-                z = z.scatter(1, idx, exact)  # a repeated label writes the same value twice
+                z.scatter_(1, idx, exact)  # z is this call's own; a repeated label writes the same value twice
             if bias is not None:
                 z = z + bias.float()
             logits = torch.tanh(z / cap) * cap if cap else z
             lse = logits.logsumexp(-1)  # (N,)
             nll = lse - logits.gather(1, labels[:, None]).squeeze(1)  # (N,)
-            g = (logits - lse[:, None]).exp()  # d nll / d logits = p - onehot(label)
+            g = torch.softmax(logits, dim=-1)  # d nll / d logits = p - onehot(label), p = exp(logits - lse)
             g[torch.arange(len(labels)), labels] -= 1.0
             if cap:  # d(cap * tanh(z / cap)) / dz
                 g = g * (1 - torch.tanh(z / cap) ** 2)
