@@ -5,6 +5,8 @@
     frames+packed       + the steps' products on oneDNN-reordered fp32 weights (EditTrainer.packed, sam/core/packed.py)
     frames+packed bf16  + every product of the training passes on bf16 reordered weights (the default where the
                         CPU has bf16 dot products)
+    + replayed          + the edited layer's attention and MLP input taken from the first pass in each step
+                        (EditTrainer.replay_edited, sam/core/layer_cache.py): the default
 
 lm_head's copy is the default training precision's (bf16 on such a CPU) on every path, as it was before.
 
@@ -32,8 +34,8 @@ from sam.bench.facts import default_zsre, zsre  # noqa: E402
 from sam.bench.results import write_result  # noqa: E402
 from sam.core.editor import MemoirEditor  # noqa: E402
 
-PATHS = {"before": (False, None), "frames": (True, None), "frames+packed": (True, torch.float32),
-         "frames+packed bf16": (True, torch.bfloat16)}
+PATHS = {"before": (False, None, False), "frames": (True, None, False), "frames+packed": (True, torch.float32, False),
+         "frames+packed bf16": (True, torch.bfloat16, False), "+ replayed": (True, torch.bfloat16, True)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = ed.trainer
 
     def train(path: str, fact):
-        trainer.reuse_frames, trainer.packed = PATHS[path]
+        trainer.reuse_frames, trainer.packed, trainer.replay_edited = PATHS[path]
         return ed.train_many([(ed.render(fact.question), fact.target)])[0]
 
     for path in PATHS:  # warm-up: the frames' cache and the reordered weights are made here

@@ -87,6 +87,35 @@ def test_training_stops_at_the_stop_loss_and_leaves_the_model_alone(editors):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_the_edited_layer_is_replayed_in_the_steps_and_that_changes_nothing(editors, kind):
+    """Each step takes the edited layer's attention output and the memory's input from the first pass: its
+    attention runs once per edit, not once per step, and the losses and deltas are those of running it."""
+    ed = editors(kind)
+    layer = ed.trainer.layers[ed.trainer.layer]
+    attn = layer.self_attn if hasattr(layer, "self_attn") else layer.attn
+    projection = next(m for m in attn.modules() if m is not attn and not list(m.children()))  # runs only in attn
+    run(ed, True, 0)  # the model-written prefixes and the frames' cache are made here
+    calls = []
+    handle = projection.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        replayed = run(ed, True, 3)
+        n_replayed = len(calls)
+        ed.trainer.replay_edited = False
+        try:
+            calls.clear()
+            computed = run(ed, True, 3)
+        finally:
+            ed.trainer.replay_edited = True
+    finally:
+        handle.remove()
+    assert n_replayed == 1 and len(calls) == 1 + 4  # the first pass, then each of 3 steps and the final loss
+    assert replayed.steps == computed.steps == 3
+    assert replayed.loss == pytest.approx(computed.loss, rel=1e-5, abs=1e-6)
+    assert torch.allclose(replayed.delta, computed.delta, rtol=1e-4, atol=1e-5) and replayed.delta.abs().max() > 0
+    assert "forward" not in vars(attn)  # the module's own forward is back
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_frames_cache_changes_nothing_and_is_not_changed_by_training(editors, kind):
     """The frames (system prompt, earlier turns) are run once and kept: a cached frame trains bit for bit as a
     freshly run one, and both as the whole prompt run in one pass (the frames cache turned off)."""
