@@ -92,9 +92,8 @@ def capture_attention_output(layer: nn.Module, memory: nn.Module):
 def replay_edited_layer(layer: nn.Module, memory: nn.Module, attn: tuple[torch.Tensor, int], x: torch.Tensor):
     """Inside the block the edited layer's attention returns `attn` (its output recorded by
     capture_attention_output, and how many Nones followed it in a tuple, -1: no tuple) and its MLP returns
-    memory(x), x being the
-    memory's recorded input. Both are what the layer computes from a stream that does not change; only the
-    memory's output does, so a step runs the memory, not the layer's other products:
+    memory(x), x being the memory's recorded input. Both are what the layer computes from a stream that does
+    not change; only the memory's output does, so a step runs the memory, not the layer's other products:
 
         layer(h) = norms and residuals of (attn(h), memory(x)),   attn(h) and x constant in h's edit
     """

@@ -46,9 +46,9 @@ with fp32 weights, runs every layer on them too. The stream, the deltas and Adam
 as above: 0.44 -> 0.35 s median (one step-count differs in 198); T = 100 zsRE Rel/Gen/Loc 0.770 / 0.690 /
 1.000 against 0.770 / 0.689 / 1.000 with fp32 layers (results/edit/edit_quality_cpu_bf16.json). The
 bf16 copies of all 30 layers cost +140 MB RSS over the fp32 copies of the five upper ones (T = 100
-benchmark: 1,585 -> 1,726 MB). An edit's
-columns come from this pass, so they may differ from an fp32 pass's in a few of the k; they are stored
-with the edit and the sentence key routes by the question's text, so nothing reads them again.
+benchmark: 1,585 -> 1,726 MB). An edit's columns come from this pass, so they may differ from an fp32
+pass's in a few of the k; they are stored with the edit and the sentence key routes by the question's
+text, so nothing reads them again.
 
 Within layer L itself only the memory's output changes from step to step: the attention's output and
 the memory's input x come from the first pass (`replay_edited_layer`, sam/core/layer_cache.py), so a
