@@ -234,7 +234,6 @@ def run(args) -> dict:
         sizes = sorted({min(s, len(facts)) for s in sizes})
     total = sizes[-1]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"edit_{dataset.split(':')[0]}_{args.format}_{args.device.split(':')[0]}_T{total}"
     path = out / f"{tag}.json"
     store = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="sam-bench-")) / "store"
@@ -289,8 +288,7 @@ def run(args) -> dict:
         ed.close()
     if args.compare_naive and "naive_vs_fast" not in result and "paused_at" not in result:
         result["naive_vs_fast"] = compare_loops(facts[: args.compare_naive], args, config, result["edit_seconds"])
-    write_result(out, tag, result, quiet=True)
-    result["path"] = str(path)
+    result["path"] = str(write_result(out, tag, result, quiet=True))
     if not args.store:
         import shutil
 

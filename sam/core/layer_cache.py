@@ -11,6 +11,7 @@ embeddings, norms, residuals): nothing of its code is copied.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,47 +61,52 @@ def start_at_layer(layers: nn.ModuleList, index: int, hidden: torch.Tensor):
 _ATTENTION_NAMES = ("self_attn", "attn", "attention")
 
 
-def _parts(layer: nn.Module, memory: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """The edited layer's attention module and the module whose child is the memory (its MLP), or None."""
-    attn = next((getattr(layer, n) for n in _ATTENTION_NAMES if isinstance(getattr(layer, n, None), nn.Module)), None)
-    mlp = next((m for m in layer.modules() if any(c is memory for c in m.children())), None)
-    return (attn, mlp) if attn is not None and mlp is not None else None
+@dataclass
+class EditedLayer:
+    """The edited layer's attention module and the module whose child is the memory (its MLP)."""
 
+    attn: nn.Module
+    mlp: nn.Module
+    memory: nn.Module
 
-@contextmanager
-def capture_attention_output(layer: nn.Module, memory: nn.Module):
-    """Record the output of the edited layer's attention during the forwards inside the block (box["attn"];
-    nothing where the layer's parts are not found or the attention returns its weights)."""
-    box: dict = {}
-    parts = _parts(layer, memory)
+    @classmethod
+    def find(cls, layer: nn.Module, memory: nn.Module) -> "EditedLayer | None":
+        attn = next((getattr(layer, n) for n in _ATTENTION_NAMES if isinstance(getattr(layer, n, None), nn.Module)),
+                    None)
+        mlp = next((m for m in layer.modules() if any(c is memory for c in m.children())), None)
+        return cls(attn, mlp, memory) if attn is not None and mlp is not None else None
 
-    def hook(_module, _args, out):
-        if not isinstance(out, tuple):
-            box["attn"] = out.detach(), -1
-        elif all(r is None for r in out[1:]):
-            box["attn"] = out[0].detach(), len(out) - 1
+    @contextmanager
+    def capture_attention(self):
+        """Record the attention's output during the forwards inside the block: box["attn"] = (output, how many
+        Nones followed it in a tuple, -1: no tuple); nothing where it returns its weights."""
+        box: dict = {}
 
-    handle = parts[0].register_forward_hook(hook) if parts else None
-    try:
-        yield box
-    finally:
-        if handle is not None:
+        def hook(_module, _args, out):
+            if not isinstance(out, tuple):
+                box["attn"] = out.detach(), -1
+            elif all(r is None for r in out[1:]):
+                box["attn"] = out[0].detach(), len(out) - 1
+
+        handle = self.attn.register_forward_hook(hook)
+        try:
+            yield box
+        finally:
             handle.remove()
 
+    @contextmanager
+    def replay(self, attn: tuple[torch.Tensor, int], x: torch.Tensor):
+        """Inside the block the attention returns `attn` (as capture_attention recorded it) and the MLP returns
+        memory(x), x being the memory's recorded input. Both are what the layer computes from a stream that
+        does not change; only the memory's output does, so a step runs the memory, not the layer's other
+        products:
 
-@contextmanager
-def replay_edited_layer(layer: nn.Module, memory: nn.Module, attn: tuple[torch.Tensor, int], x: torch.Tensor):
-    """Inside the block the edited layer's attention returns `attn` (its output recorded by
-    capture_attention_output, and how many Nones followed it in a tuple, -1: no tuple) and its MLP returns
-    memory(x), x being the memory's recorded input. Both are what the layer computes from a stream that does
-    not change; only the memory's output does, so a step runs the memory, not the layer's other products:
-
-        layer(h) = norms and residuals of (attn(h), memory(x)),   attn(h) and x constant in h's edit
-    """
-    (attn_module, mlp), (out, n_rest) = _parts(layer, memory), attn
-    attn_module.forward = lambda *a, **k: out if n_rest < 0 else (out, *([None] * n_rest))
-    mlp.forward = lambda *a, **k: memory(x)
-    try:
-        yield
-    finally:
-        del attn_module.forward, mlp.forward
+            layer(h) = norms and residuals of (attn(h), memory(x)),   attn(h) and x constant in h's edit
+        """
+        out, n_rest = attn
+        self.attn.forward = lambda *a, **k: out if n_rest < 0 else (out, *([None] * n_rest))
+        self.mlp.forward = lambda *a, **k: self.memory(x)
+        try:
+            yield
+        finally:
+            del self.attn.forward, self.mlp.forward

@@ -16,8 +16,7 @@ same products in the same precision; only the order of the sums differs (max rel
     its backward, (12, 49152) x (49152, 576)          7.6 -> 2.8 ms
 
 A copy may be made in bf16 from an fp32 weight (`dtype`): the product then runs on the CPU's bf16 dot
-products and its result comes back in fp32; at 66 rows, a first pass's shape, (576 -> 1536) goes
-0.61 -> 0.35 ms (fp32 reordered -> bf16 reordered).
+products and its result comes back in fp32 (what that gains for a whole edit: scripts/bench_edit_paths.py).
 
 The reordered copies cost memory (one per weight, and one of W^T once a backward needs it): the trainer
 makes fp32 ones only for the few layers a training step runs, and bf16 ones for every layer.

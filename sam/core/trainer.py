@@ -43,15 +43,15 @@ training 0.62 -> 0.48 s median (as above). The reordered copies (these layers' a
 Where the CPU has bf16 dot products (AVX512-BF16, AMX) the frozen products of both passes run on bf16
 copies (`train_dtype`, auto; lm_head's copy already was bf16), and the first pass, a third of an edit
 with fp32 weights, runs every layer on them too. The stream, the deltas and Adam stay fp32. Interleaved
-as above: 0.44 -> 0.35 s median (one step-count differs in 198); T = 100 zsRE Rel/Gen/Loc 0.770 / 0.690 /
-1.000 against 0.770 / 0.689 / 1.000 with fp32 layers (results/edit/edit_quality_cpu_bf16.json). The
-bf16 copies of all 30 layers cost +140 MB RSS over the fp32 copies of the five upper ones (T = 100
-benchmark: 1,585 -> 1,726 MB). An edit's columns come from this pass, so they may differ from an fp32
-pass's in a few of the k; they are stored with the edit and the sentence key routes by the question's
-text, so nothing reads them again.
+as above: 0.44 -> 0.35 s median (one step-count differs in 198; edit_train_paths_cpu_before_replay.json);
+T = 100 zsRE Rel/Gen/Loc 0.770 / 0.690 / 1.000 against 0.770 / 0.689 / 1.000 with fp32 layers
+(results/edit/edit_quality_cpu_bf16.json). The bf16 copies of all 30 layers cost +140 MB RSS over the
+fp32 copies of the five upper ones (T = 100 benchmark: 1,585 -> 1,726 MB). An edit's columns come from
+this pass, so they may differ from an fp32 pass's in a few of the k; they are stored with the edit and
+the sentence key routes by the question's text, so nothing reads them again.
 
 Within layer L itself only the memory's output changes from step to step: the attention's output and
-the memory's input x come from the first pass (`replay_edited_layer`, sam/core/layer_cache.py), so a
+the memory's input x come from the first pass (`EditedLayer.replay`, sam/core/layer_cache.py), so a
 step runs the memory, not layer L's attention and up-projections. Interleaved: 0.370 -> 0.358 s median,
 the same losses to 1e-5 (tests/test_core_trainer.py).
 """
@@ -69,7 +69,7 @@ import torch
 
 from sam.core.batching import Encoded, encode, encode_pairs
 from sam.core.fingerprinter import TopHashFingerprinter
-from sam.core.layer_cache import capture_attention_output, capture_layer_input, replay_edited_layer, start_at_layer
+from sam.core.layer_cache import EditedLayer, capture_layer_input, start_at_layer
 from sam.core.memory_layer import ResidualMemoryLayer, TrainSlot
 from sam.core.packed import packed_linears
 from sam.core.output_loss import TargetNLL, low_precision_dtype
@@ -141,6 +141,7 @@ class EditTrainer:
         # (scripts/bench_edit_paths.py) or to check that they change nothing (tests). packed: the precision of
         # the layers' reordered weights, None for torch's own products
         self.reuse_frames, self.packed, self.replay_edited = True, self.train_dtype, True
+        self._edited = EditedLayer.find(layers[layer], memory)  # None: layer L is run whole in each step
         self._packs: dict = {}  # the layers' weights reordered for oneDNN, by module and precision (sam/core/packed.py)
         self._frames: OrderedDict[tuple, object] = OrderedDict()  # distinct frames' token ids -> their KV cache
 
@@ -277,7 +278,7 @@ class EditTrainer:
         every = self.layers if self.packed not in (None, torch.float32) else []
         with torch.no_grad(), self.memory.disabled(), self.memory.capture() as seen, \
                 packed_linears(every, self._packs, self.packed), \
-                capture_attention_output(self.layers[self.layer], self.memory) as attn, \
+                (self._edited.capture_attention() if self._edited else nullcontext({})) as attn, \
                 capture_layer_input(self.layers, self.layer) as cap:  # one pass: the head's KV, the stream at L
             out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask,
                             position_ids=pos[:, P:], use_cache=True, **past)
@@ -286,7 +287,7 @@ class EditTrainer:
             if self.replay_edited and "attn" in attn else None
 
         def replay():  # the edited layer's constant parts replayed from this pass (sam/core/layer_cache.py)
-            return replay_edited_layer(self.layers[self.layer], self.memory, *replayed) if replayed else nullcontext()
+            return self._edited.replay(*replayed) if replayed else nullcontext()
         cache = _head_cache(_returned_cache(out), L, P + H)
         if cache is None:  # a cache that cannot drop the tail: run the head on its own
             past = {self.cache_kw: self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)])} if P else {}

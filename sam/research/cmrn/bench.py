@@ -573,7 +573,6 @@ def merge(paths: list[str], out: Path, console) -> dict:
     S = dict(recall_distances=[int(d) for d in seeds[0]["recall"]])
     res = dict(meta=meta, seeds=seeds)
     res["summary"] = summarise(seeds, cost, S)
-    out.mkdir(parents=True, exist_ok=True)
     write_result(out, "cmrn_bench", res, quiet=True)
     print_tables(res, console)
     files = plots(res, out)
