@@ -9,9 +9,11 @@ Trains zsRE edits one at a time through `MemoirEditor.train_many` (nothing writt
     ops      torch.profiler over the last edits: the busiest ops by self time on the host, and on a GPU the
              time its kernels kept the device busy against the wall time (launch-bound when far below).
 
-    python scripts/profile_edit.py --edits 40 [--device cuda]
+    python scripts/profile_edit.py --edits 40 [--device cuda] [--eager]
 
-Prints rich tables and writes results/edit/profile_edit_DEVICE.json.
+On a GPU the first pass and the steps are CUDA graphs (sam/core/edit_graphs.py) unless --eager; their replays
+are the phases "first pass (graph)" and "steps (graph)", and a bucket's capture counts in the eager phases.
+Prints rich tables and writes results/edit/profile_edit_DEVICE[_eager].json.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from sam.bench.facts import default_zsre, zsre  # noqa: E402
 from sam.bench.results import write_result  # noqa: E402
+from sam.core.edit_graphs import GraphedPass, GraphedStep  # noqa: E402
 from sam.core.editor import MemoirEditor  # noqa: E402
 from sam.core.output_loss import TargetNLL  # noqa: E402
 
@@ -70,10 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", type=Path, help="zsRE-style JSON (default: ../shared's records, else the sample)")
     p.add_argument("--out", type=Path, default=Path("results/edit"))
+    p.add_argument("--eager", action="store_true", help="no CUDA graphs on a GPU (the eager loop)")
     a = p.parse_args(argv)
     facts = zsre(a.data or default_zsre(), log=lambda *_: None)[: a.edits]
     ed = MemoirEditor.open(Path(tempfile.mkdtemp()) / "store", device=a.device)
     cuda = torch.device(a.device).type == "cuda"
+    ed.trainer.graph_steps = cuda and not a.eager
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def train(fact):
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     clock.wrap(TargetNLL, "__call__", "step loss (lm_head, NLL)")
     clock.wrap(torch.Tensor, "backward", "step backwards")
     clock.wrap(torch.optim.Adam, "step", "optimiser steps")
+    clock.wrap(GraphedPass, "__call__", "first pass (graph)")
+    clock.wrap(GraphedStep, "step", "steps (graph)")
     per_edit, steps = [], []
     try:
         for f in timed:
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             steps.append(pending.outcome.steps)
     finally:
         clock.remove()
-    names = list(per_edit[0])
+    names = list(dict.fromkeys(n for e in per_edit for n in e))  # graphed edits skip the eager phases
     phases = {n: statistics.fmean(e.get(n, 0.0) for e in per_edit) for n in names}
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -122,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     ops = [{"op": e.key, "calls": e.count, "self_host_ms_per_edit": e.self_cpu_time_total / 1e3 / len(profiled),
             **({"self_device_ms_per_edit": getattr(e, "self_device_time_total", 0) / 1e3 / len(profiled)}
                if cuda else {})} for e in top]
-    res = {"device": a.device, "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads(),
+    res = {"device": a.device, "graphs": ed.trainer.graph_steps, "graphs_made": len(ed.trainer.graphs),
+           "graphs_captured": ed.trainer.graphs.captured, "graph_error": ed.trainer.graphs.error, "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads(),
            "edits_timed": len(timed), "median_train_seconds_unprofiled": statistics.median(plain),
            "mean_train_seconds_unprofiled": statistics.fmean(plain),
            "mean_train_seconds_phased": statistics.fmean(sum(e.values()) for e in per_edit),
@@ -151,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(ops_table)
     if cuda:
         print(f"device busy {res['device_busy_seconds_per_edit']:.4f} s per edit of {res['profiled_wall_seconds_per_edit']:.4f} s wall")
-    write_result(a.out, f"profile_edit_{torch.device(a.device).type}", res)
+    if ed.trainer.graphs.error:
+        print(f"a capture failed (those edits ran eagerly): {ed.trainer.graphs.error}")
+    write_result(a.out, f"profile_edit_{torch.device(a.device).type}{'_eager' if a.eager else ''}", res)
     return res
 
 

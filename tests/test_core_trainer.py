@@ -142,3 +142,60 @@ def test_the_frames_cache_keeps_a_few_sets_of_frames(editors):
         p = ed.prompts.render(FACT[0], system=f"System prompt number {i}.")
         ed.trainer.train([EditRequest([p], FACT[1])], lr=0.1, max_steps=0, stop_loss=0.0)
     assert ed.trainer.cached_frames == ed.trainer.FRAME_CACHES
+
+
+SECOND = ("Which family does Ramalinaceae belong to?", "Lecanorales")
+
+
+def _graphed(ed: MemoirEditor, on: bool, steps: int, fact=FACT):
+    ed.trainer.graph_steps = on
+    try:
+        return ed.trainer.train([EditRequest(ed._variants(ed.render(fact[0])), fact[1])], lr=ed.config.learning_rate,
+                                max_steps=steps, stop_loss=0.0)[0]
+    finally:
+        ed.trainer.graph_steps = False
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_static_padded_passes_of_the_edit_graphs_train_as_the_eager_loop(editors, kind):
+    """sam/core/edit_graphs.py pads an edit to its bucket's shapes and runs its first pass and steps on static
+    tensors (CUDA graphs on a GPU, the same tensors run eagerly here): the losses, steps, accuracy and delta are the eager loop's, and the
+    next edit of the bucket (its inputs copied in, W and Adam zeroed) trains as it would alone."""
+    ed = editors(kind)
+    ed.trainer.graphs.clear()
+    for fact in (FACT, SECOND, FACT):
+        for steps in (0, 3):
+            eager, graphed = _graphed(ed, False, steps, fact), _graphed(ed, True, steps, fact)
+            assert graphed.steps == eager.steps == steps
+            assert graphed.loss == pytest.approx(eager.loss, rel=1e-4, abs=1e-5)
+            assert graphed.accuracy == eager.accuracy and graphed.finite
+            assert torch.equal(graphed.cols, eager.cols)
+            assert torch.allclose(graphed.delta, eager.delta, rtol=1e-3, atol=1e-5)
+            assert bool(graphed.delta.any()) == (steps > 0)  # it trained, from zero each time
+    assert 2 <= len(ed.trainer.graphs) <= 4 and ed.trainer.graphs.captured == 0  # first passes and steps; the facts share buckets
+    stop = ed.trainer.train([EditRequest(ed._variants(ed.render(FACT[0])), FACT[1])], lr=ed.config.learning_rate,
+                            max_steps=30, stop_loss=_graphed(ed, False, 2).loss)[0]  # stops where the eager loop does
+    ed.trainer.graph_steps = True
+    try:
+        graphed_stop = ed.trainer.train([EditRequest(ed._variants(ed.render(FACT[0])), FACT[1])],
+                                        lr=ed.config.learning_rate, max_steps=30, stop_loss=stop.loss + 1e-4)[0]
+    finally:
+        ed.trainer.graph_steps = False
+    assert graphed_stop.steps == stop.steps and torch.allclose(graphed_stop.delta, stop.delta, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_the_cuda_graph_step_trains_as_the_eager_loop(tmp_path):
+    ed = MemoirEditor.open(tmp_path / "store", device="cuda")
+    try:
+        assert ed.trainer.graph_steps  # on by default on a GPU
+        for fact in (FACT, SECOND, FACT):
+            for steps in (0, 4):
+                eager, graphed = _graphed(ed, False, steps, fact), _graphed(ed, True, steps, fact)
+                assert graphed.steps == eager.steps == steps
+                assert graphed.loss == pytest.approx(eager.loss, rel=1e-3, abs=1e-4)
+                assert torch.equal(graphed.cols, eager.cols)
+                assert torch.allclose(graphed.delta, eager.delta, rtol=1e-2, atol=1e-4)
+        assert ed.trainer.graphs.captured == len(ed.trainer.graphs) >= 2 and ed.trainer.graphs.error is None
+    finally:
+        ed.close()

@@ -251,6 +251,8 @@ def run(args) -> dict:
                            dtype=args.dtype)
     try:
         result["layer"], result["format"] = ed.layer, ed.prompts.style
+        ed.trainer.graph_steps = ed.trainer.graph_steps and args.cuda_graphs
+        result["cuda_graphs"] = ed.trainer.graph_steps
         done = int(ed.store.meta(PROGRESS_KEY, "0"))
         if done:
             console.print(f"resuming at fact {done} of {total} ({len(ed.router)} active edits in {store})")
@@ -284,6 +286,8 @@ def run(args) -> dict:
                     write_result(out, tag, result, quiet=True)  # each checkpoint survives what follows
             else:
                 result.pop("paused_at", None)
+        if ed.trainer.graph_steps:
+            result["graphs_captured"], result["graph_error"] = ed.trainer.graphs.captured, ed.trainer.graphs.error
     finally:
         ed.close()
     if args.compare_naive and "naive_vs_fast" not in result and "paused_at" not in result:
@@ -470,6 +474,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True,
                    help="also score greedy generation (exact match)")
     p.add_argument("--generation-max", type=int, help="no generation past this T")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a GPU, replay one-at-a-time edits' passes as CUDA graphs (sam/core/edit_graphs.py)")
     p.add_argument("--compare-naive", type=int, default=0, help="also time this many edits with the naive loop")
     p.add_argument("--store", type=Path, help="keep the store here, and resume from it")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this long (resume with the same command)")

@@ -34,7 +34,7 @@ class _LowPrecisionHeadNLL(torch.autograd.Function):
             lse = logits.logsumexp(-1)  # (N,)
             nll = lse - logits.gather(1, labels[:, None]).squeeze(1)  # (N,)
             g = torch.softmax(logits, dim=-1)  # d nll / d logits = p - onehot(label), p = exp(logits - lse)
-            g[torch.arange(len(labels)), labels] -= 1.0
+            g[torch.arange(len(labels), device=labels.device), labels] -= 1.0
             if cap:  # d(cap * tanh(z / cap)) / dz
                 g = g * (1 - torch.tanh(z / cap) ** 2)
         ctx.save_for_backward(weight_lo, g.to(weight_lo.dtype), w)

@@ -74,6 +74,7 @@ from sam.core.memory_layer import ResidualMemoryLayer, TrainSlot
 from sam.core.packed import packed_linears
 from sam.core.output_loss import TargetNLL, low_precision_dtype
 from sam.core.prompts import Prompt, PromptFormat
+from sam.core.edit_graphs import EditGraphs, bucketed
 
 
 @dataclass
@@ -144,6 +145,10 @@ class EditTrainer:
         self._edited = EditedLayer.find(layers[layer], memory)  # None: layer L is run whole in each step
         self._packs: dict = {}  # the layers' weights reordered for oneDNN, by module and precision (sam/core/packed.py)
         self._frames: OrderedDict[tuple, object] = OrderedDict()  # distinct frames' token ids -> their KV cache
+        # one edit's first pass and steps replayed as CUDA graphs per shape bucket (sam/core/edit_graphs.py); on by
+        # default on a GPU, where an edit is launch-bound; a CPU can run the same static tensors eagerly (tests)
+        self.graph_steps = self.device.type == "cuda"
+        self.graphs = EditGraphs()
 
     @property
     def nll(self) -> TargetNLL:
@@ -251,6 +256,9 @@ class EditTrainer:
         tails = [e.ids[e.n_prompt - 1: -1] for e in flat]
         answers = [e.ids[e.n_prompt:] for e in flat]
         B, P, H, L = len(flat), max(framed), max(len(h) for h in heads), max(len(t) for t in tails)
+        graphed = self.graph_steps and len(rows) == 1  # one graph serves every edit of the same padded shape
+        if graphed:
+            H, L = bucketed(H), bucketed(L)
         head_ids = torch.full((B, H), pad, dtype=torch.long)
         tail_ids = torch.full((B, L), pad, dtype=torch.long)
         mask = torch.zeros(B, P + H + L, dtype=torch.long)  # columns: frame (cached) | head | tail
@@ -273,22 +281,31 @@ class EditTrainer:
         head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights = (
             t.to(device) for t in (head_ids, tail_ids, mask, pos, rr, tt, labels, edit_of, weights))
 
-        past = {self.cache_kw: frames} if frames is not None else {}
         # every layer's products reordered, in low precision only (fp32 copies of the whole model: +420 MB for ~7%)
         every = self.layers if self.packed not in (None, torch.float32) else []
-        with torch.no_grad(), self.memory.disabled(), self.memory.capture() as seen, \
-                packed_linears(every, self._packs, self.packed), \
-                (self._edited.capture_attention() if self._edited else nullcontext({})) as attn, \
-                capture_layer_input(self.layers, self.layer) as cap:  # one pass: the head's KV, the stream at L
-            out = self.base(input_ids=torch.cat([head_ids, tail_ids], dim=1), attention_mask=mask,
-                            position_ids=pos[:, P:], use_cache=True, **past)
-        x, hidden = seen[0], cap["hidden"][:, H:]  # (B, H + L, d_ff), (B, L, d)
-        replayed = ((attn["attn"][0][:, H:].contiguous(), attn["attn"][1]), x[:, H:].contiguous()) \
-            if self.replay_edited and "attn" in attn else None
+
+        def first_pass(s: dict[str, torch.Tensor]):  # one pass: the head's KV, the stream at L, the memory's input
+            past = {self.cache_kw: _fork_cache(frames)} if frames is not None else {}
+            with self.memory.disabled(), self.memory.capture() as seen, \
+                    packed_linears(every, self._packs, self.packed), \
+                    (self._edited.capture_attention() if self._edited else nullcontext({})) as attn, \
+                    capture_layer_input(self.layers, self.layer) as cap:
+                out = self.base(input_ids=torch.cat([s["head_ids"], s["tail_ids"]], dim=1), attention_mask=s["mask"],
+                                position_ids=s["pos"][:, P:], use_cache=True, **past)
+            x = seen[0]  # (B, H + L, d_ff)
+            # the edited layer's attention output and the memory's input over the tail, replayed in the steps
+            replayed = ((attn["attn"][0][:, H:].contiguous(), attn["attn"][1]), x[:, H:].contiguous()) \
+                if self.replay_edited and "attn" in attn else None
+            return _head_cache(_returned_cache(out), L, P + H), x, cap["hidden"][:, H:], replayed  # hidden (B, L, d)
+
+        pass_inputs = {"head_ids": head_ids, "tail_ids": tail_ids, "mask": mask, "pos": pos}
+        graph = self.graphs.first_pass((tuple(tuple(e.ids[:f]) for e, f in zip(flat, framed)), self.layer,
+                                        self.replay_edited), first_pass, pass_inputs) if graphed else None
+        with torch.no_grad():
+            cache, x, hidden, replayed = graph(pass_inputs) if graph is not None else first_pass(pass_inputs)
 
         def replay():  # the edited layer's constant parts replayed from this pass (sam/core/layer_cache.py)
             return self._edited.replay(*replayed) if replayed else nullcontext()
-        cache = _head_cache(_returned_cache(out), L, P + H)
         if cache is None:  # a cache that cannot drop the tail: run the head on its own
             past = {self.cache_kw: self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)])} if P else {}
             with torch.no_grad(), self.memory.disabled():
@@ -308,11 +325,58 @@ class EditTrainer:
             total, logits, nll = self.nll(h[rr, tt], labels, weights, packed=self.packed is not None)
             return total, logits, nll * weights
 
+        upper = self.layers[self.layer:] if self.packed is not None else []  # the steps' skinny products
+        if graphed and hasattr(cache, "layers") and all(hasattr(c, "keys") for c in cache.layers):
+            inputs = {"tail_ids": tail_ids, "mask": mask, "pos": pos[:, P + H:], "hidden": hidden, "cols": cols,
+                      "row_edit": edit_of_row.to(device)}
+            if replayed:
+                inputs["attn"], inputs["x"] = replayed[0][0], replayed[1]
+            for i in range(self.layer, len(cache.layers)):
+                inputs[f"k{i}"], inputs[f"v{i}"] = cache.layers[i].keys, cache.layers[i].values
+            M, pad = len(labels), B * L - len(labels)  # the answer positions padded to rows x tail, weight 0
+            inputs.update(rr=torch.cat([rr, rr[:1].expand(pad)]), tt=torch.cat([tt, tt[:1].expand(pad)]),
+                          labels=torch.cat([labels, labels[:1].expand(pad)]),
+                          weights=torch.cat([weights, weights.new_zeros(pad)]))
+            with packed_linears(upper, self._packs, self.packed):
+                done = self._optimise_graphed(inputs, cache, replayed[0][1] if replayed else None, first[0], M, lr,
+                                              max_steps, stop_loss)
+            if done is not None:
+                return [done]
         slot = TrainSlot(cols, torch.nn.Parameter(torch.zeros(len(rows), self.memory.out_features, cols.shape[1],
                                                               device=device)), edit_of_row.to(device))
-        upper = self.layers[self.layer:] if self.packed is not None else []  # the steps' skinny products
         with packed_linears(upper, self._packs, self.packed):
             return self._optimise(loss_fn, slot, edit_of, first, labels, len(rows), lr, max_steps, stop_loss)
+
+    def _optimise_graphed(self, inputs: dict[str, torch.Tensor], cache, n_rest: int | None, first: torch.Tensor,
+                          M: int, lr: float, max_steps: int, stop_loss: float) -> TrainOutcome | None:
+        """One edit's optimisation through its bucket's graphed step (sam/core/edit_graphs.py): the same loop as
+        `_optimise` for one edit, its inputs padded to the bucket's shapes. `cache` gives the cache's structure;
+        the layers from the edited one up read the static keys and values."""
+
+        def step(s: dict[str, torch.Tensor], delta: torch.nn.Parameter):
+            fork = _fork_cache(cache)
+            for i in range(self.layer, len(fork.layers)):
+                fork.layers[i].keys, fork.layers[i].values = s[f"k{i}"], s[f"v{i}"]
+            replay = self._edited.replay((s["attn"], n_rest), s["x"]) if n_rest is not None else nullcontext()
+            with self.memory.trainable(TrainSlot(s["cols"], delta, s["row_edit"])), \
+                    start_at_layer(self.layers, self.layer, s["hidden"]), replay:
+                h = self.base(input_ids=s["tail_ids"], attention_mask=s["mask"], position_ids=s["pos"],
+                              use_cache=True, **{self.cache_kw: fork}).last_hidden_state  # (B, L, d)
+            total, logits, nll = self.nll(h[s["rr"], s["tt"]], s["labels"], s["weights"], packed=self.packed is not None)
+            return total, logits, nll * s["weights"]
+
+        g = self.graphs.step((self.layer, n_rest), step, inputs, (1, self.memory.out_features, inputs["cols"].shape[1]),
+                             lr)
+        if g is None:  # it could not be captured (graphs.error says why): the eager loop on the padded inputs
+            return None
+        labels = inputs["labels"][:M]
+        for steps in range(max_steps + 1):
+            r = g.step()
+            if r.loss < stop_loss or steps >= max_steps or not r.finite:
+                accuracy = float((r.logits[first].argmax(-1) == labels[first]).float().mean())
+                return TrainOutcome(inputs["cols"][0].detach().clone(), r.prev[0].clone(), steps, r.loss, accuracy,
+                                    r.finite)
+        raise AssertionError("unreachable")
 
     # --- naive: the whole model, every step ---------------------------------------------------------------
     def _train_naive(self, request: EditRequest, lr, max_steps, stop_loss) -> TrainOutcome:
