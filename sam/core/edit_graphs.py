@@ -1,9 +1,9 @@
 """An edit's first pass and its training steps replayed as CUDA graphs.
 
-On a GPU an edit is a few thousand small kernels: on the H200 the default model's edit launched
-~3,400 a step and kept the GPU busy 0.018 s of its 0.178 s (scripts/profile_edit.py,
-results/edit/cuda/profile_edit_cuda.json). Both passes are therefore captured once as graphs and
-replayed, one launch each:
+On a GPU an edit is thousands of small kernels: on the H200 the default model's edit launched ~4,700
+(about 700 a pass) and kept the GPU busy 0.017 s of its 0.145 s median (`python scripts/profile_edit.py
+--device cuda --edits 60 --eager`, results/edit/cuda/profile_edit_cuda_eager.json). Both passes are
+therefore captured once as graphs and replayed, one launch each:
 
     first pass:  the head's KV cache, the stream entering layer L, the memory's input, L's attention
     step:        prev <- W;  loss, logits <- step(inputs, W);  W <- Adam(W, d loss / d W)
@@ -16,6 +16,11 @@ tensors (and for a step zeroes W and Adam's state), then replays; a step replays
 is made from a function that has run a few times on a side stream first (lazy initialisations;
 PyTorch's "whole network capture"); what it returns at capture (tensors in the graph's pool, or
 objects holding them) is what every replay refreshes, valid until the next replay of that graph.
+
+On the same H200 (scripts/device/graphs.sh): 0.023 s median per edit, the GPU busy 0.015 s of it (first
+pass 0.005 s, 6 steps 0.014 s, the rest 0.004 s; results/edit/cuda/profile_edit_cuda.json); 300 zsRE
+edits one at a time 0.137 -> 0.020 s median with the same Rel/Gen/Loc to every printed digit
+(edit_cuda_one_at_a_time_{no-,}cuda-graphs.json).
 
 Where capture is impossible (a CPU) the same static tensors are run eagerly: the tests check there
 that the padded, static passes give the eager loop's losses and deltas.

@@ -54,6 +54,9 @@ Within layer L itself only the memory's output changes from step to step: the at
 the memory's input x come from the first pass (`EditedLayer.replay`, sam/core/layer_cache.py), so a
 step runs the memory, not layer L's attention and up-projections. Interleaved: 0.370 -> 0.358 s median,
 the same losses to 1e-5 (tests/test_core_trainer.py).
+
+On a GPU one edit's first pass and its steps are CUDA graphs, made once per padded shape and replayed
+(sam/core/edit_graphs.py): on the H200 0.137 -> 0.020 s median per edit, the same Rel/Gen/Loc.
 """
 
 from __future__ import annotations
