@@ -83,3 +83,30 @@ def test_bad_arguments_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--natural", "--synthetic", "5"])
     assert exc.value.code == 2
+
+
+def test_a_run_killed_between_checkpoints_resumes_with_every_facts_record(bench, tmp_path, tiny_llama_dir):
+    """SIGKILL right after the first fact's progress is recorded (no checkpoint written yet, so no result JSON):
+    the journal gives the resumed run that fact's timing and edit id, and is gone once the JSON holds them."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    argv = ["--data", str(tmp_path / "zsre.json"), "--model", str(tiny_llama_dir), "--store", str(bench.store),
+            "--out", str(out), "--tag", "tiny", "--layer", "1", "--top-k", "16", "--max-steps", "3",
+            "--learning-rate", "1", "--neighbours", "2", "--no-generation", "--sizes", "4"]
+    env = {**os.environ, "SAM_FAILPOINT": "bench.chunk.after", "SAM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-m", "sam.bench.editing", *argv], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "tiny.json").exists() and (out / "tiny.journal.jsonl").exists()
+    assert _rows(bench.store)[1] == "1"
+
+    result = bench("--sizes", "4", "--no-generation")
+    assert len(result["edit_seconds"]) == len(result["edit_steps"]) == len(result["train_success"]) == 4
+    assert result["edit_seconds"][0] > 0 and result["edit_steps"][0] > 0  # the killed run's own record
+    rows, progress = _rows(bench.store)
+    assert progress == "4" and len(result["edit_of"]) == 4
+    assert set(result["edit_of"].values()) <= {r[0] for r in rows}
+    assert result["checkpoints"][0]["T"] == 4 and not (out / "tiny.journal.jsonl").exists()

@@ -43,11 +43,59 @@ from sam.bench.facts import Fact, default_zsre, natural, synthetic, zsre
 from sam.bench.results import write_result
 from sam.config import EditorConfig, add_editor_options, editor_config_from
 from sam.core.editor import MemoirEditor
+from sam.core.failpoints import failpoint
 from sam.core.prompts import normalize
 from sam.core.store import Store
 
 console = Console(stderr=True)
 PROGRESS_KEY = "bench_progress"  # store meta: facts processed so far (a resumed run starts there)
+PER_EDIT = ("edit_seconds", "edit_steps", "train_success")  # the result's per-fact lists, in editing order
+
+
+class Journal:
+    """The per-fact records (timings, steps, edit ids) of the chunks edited since the result JSON was last
+    written, one JSON line per chunk, appended before the store's progress moves: a run killed between
+    checkpoints resumes with every fact's record, not only those of the last checkpoint. Lines at or past
+    the store's progress (a chunk whose progress was never recorded is edited again) are ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+
+    def replay(self, result: dict, done: int) -> None:
+        """Bring `result`'s per-fact lists up to `done` facts from the journal's lines."""
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                break
+            start = entry["start"]
+            if start == len(result["edit_seconds"]) and start + len(entry["edit_seconds"]) <= done:
+                for key in PER_EDIT:
+                    result[key].extend(entry[key])
+                result["edit_of"].update(entry["edit_of"])
+
+    def append(self, result: dict, start: int, facts: list[Fact]) -> None:
+        """Record the chunk of `facts` that began at fact `start`."""
+        entry = {"start": start, **{k: result[k][start:] for k in PER_EDIT},
+                 "edit_of": {str(f.index): result["edit_of"][str(f.index)] for f in facts
+                             if str(f.index) in result["edit_of"]}}
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()  # in the OS's hands: a killed process loses none of it
+
+    def reset(self) -> None:
+        """The result JSON holds everything now: the journal starts empty."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _batches(items, size):
@@ -246,6 +294,7 @@ def run(args) -> dict:
         previous = json.loads(path.read_text())
         if previous.get("dataset") == dataset and previous.get("config") == result["config"]:
             result = previous  # resume: its checkpoints and per-edit timings carry on
+    journal = Journal(out / f"{tag}.journal.jsonl")
     started = time.perf_counter()
     ed = MemoirEditor.open(store, model=args.model, device=args.device, config=config, prompt_format=args.format,
                            dtype=args.dtype)
@@ -256,6 +305,12 @@ def run(args) -> dict:
         done = int(ed.store.meta(PROGRESS_KEY, "0"))
         if done:
             console.print(f"resuming at fact {done} of {total} ({len(ed.router)} active edits in {store})")
+            journal.replay(result, done)
+        else:
+            journal.reset()  # a fresh store: an older run's records are not this one's
+        if len(result["edit_seconds"]) != done:
+            raise SystemExit(f"{path} records {len(result['edit_seconds'])} facts and its journal no more, but the "
+                             f"store has {done}: use a fresh --store or --tag")
         sparse = ed.fingerprinter.top_k * (ed.memory.out_features * 4 + 4)
         with Progress(TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[info]}"), console=console) as bar:
@@ -275,8 +330,10 @@ def run(args) -> dict:
                 nxt = next(s for s in sizes if s > i)
                 chunk = facts[i: min(i + args.batch, nxt)]
                 _edit_chunk(ed, chunk, result)
+                journal.append(result, i, chunk)  # before the progress: a fact counted done has its record
                 i += len(chunk)
                 ed.store.set_meta(**{PROGRESS_KEY: i})
+                failpoint("bench.chunk.after")
                 bar.update(task, completed=i, info=f"{result['edit_seconds'][-1]:.2f}s/edit")
                 if i in sizes and all(cp["T"] != i for cp in result["checkpoints"]):
                     bar.update(task, info=f"evaluating T={i}")
@@ -284,15 +341,18 @@ def run(args) -> dict:
                     result["checkpoints"].append(cp)
                     console.print(_row_text(cp))
                     write_result(out, tag, result, quiet=True)  # each checkpoint survives what follows
+                    journal.reset()
             else:
                 result.pop("paused_at", None)
         if ed.trainer.graph_steps:
             result["graphs_captured"], result["graph_error"] = ed.trainer.graphs.captured, ed.trainer.graphs.error
     finally:
+        journal.close()
         ed.close()
     if args.compare_naive and "naive_vs_fast" not in result and "paused_at" not in result:
         result["naive_vs_fast"] = compare_loops(facts[: args.compare_naive], args, config, result["edit_seconds"])
     result["path"] = str(write_result(out, tag, result, quiet=True))
+    journal.reset()
     if not args.store:
         import shutil
 

@@ -13,7 +13,7 @@ The names (grep `failpoint(` for the places):
     editor.commit.before  editor.commit.supersede  editor.commit.after
     editor.revert.before  editor.revert.mid  editor.revert.after
     store.upgrade.backup  store.upgrade.mid  store.upgrade.after
-    atomic.before_rename  export.partial
+    atomic.before_rename  export.partial  bench.chunk.after
 """
 
 from __future__ import annotations
