@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     for col in ("product", "torch", "oneDNN, reordered", "max rel. diff"):
         table.add_column(col, justify="left" if col == "product" else "right")
     for c in cases:
-        table.add_row(c["product"], f"{c['torch_ms']:.3f}", f"{c['onednn_ms']:.3f}", f"{c['max_relative_difference']:.1e}")
+        table.add_row(c["product"], f"{c['torch_ms']:.3f}", f"{c['onednn_ms']:.3f}",
+                      f"{c['max_relative_difference']:.1e}")
     Console().print(table)
     res = {"threads": torch.get_num_threads(), "positions": a.positions, "repeats": a.repeats, "cases": cases}
     write_result(a.out, "packed_products_cpu", res)

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
             **({"self_device_ms_per_edit": getattr(e, "self_device_time_total", 0) / 1e3 / len(profiled)}
                if cuda else {})} for e in top]
     res = {"device": a.device, "graphs": ed.trainer.graph_steps, "graphs_made": len(ed.trainer.graphs),
-           "graphs_captured": ed.trainer.graphs.captured, "graph_error": ed.trainer.graphs.error, "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads(),
+           "graphs_captured": ed.trainer.graphs.captured, "graph_error": ed.trainer.graphs.error,
+           "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads(),
            "edits_timed": len(timed), "median_train_seconds_unprofiled": statistics.median(plain),
            "mean_train_seconds_unprofiled": statistics.fmean(plain),
            "mean_train_seconds_phased": statistics.fmean(sum(e.values()) for e in per_edit),

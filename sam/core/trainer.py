@@ -365,7 +365,8 @@ class EditTrainer:
                     start_at_layer(self.layers, self.layer, s["hidden"]), replay:
                 h = self.base(input_ids=s["tail_ids"], attention_mask=s["mask"], position_ids=s["pos"],
                               use_cache=True, **{self.cache_kw: fork}).last_hidden_state  # (B, L, d)
-            total, logits, nll = self.nll(h[s["rr"], s["tt"]], s["labels"], s["weights"], packed=self.packed is not None)
+            total, logits, nll = self.nll(h[s["rr"], s["tt"]], s["labels"], s["weights"],
+                                          packed=self.packed is not None)
             return total, logits, nll * s["weights"]
 
         g = self.graphs.step((self.layer, n_rest), step, inputs, (1, self.memory.out_features, inputs["cols"].shape[1]),
