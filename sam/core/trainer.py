@@ -307,8 +307,6 @@ class EditTrainer:
         with torch.no_grad():
             cache, x, hidden, replayed = graph(pass_inputs) if graph is not None else first_pass(pass_inputs)
 
-        def replay():  # the edited layer's constant parts replayed from this pass (sam/core/layer_cache.py)
-            return self._edited.replay(*replayed) if replayed else nullcontext()
         if cache is None:  # a cache that cannot drop the tail: run the head on its own
             past = {self.cache_kw: self._frames_cache([e.ids[:f] for e, f in zip(flat, framed)])} if P else {}
             with torch.no_grad(), self.memory.disabled():
@@ -321,57 +319,60 @@ class EditTrainer:
             pooled.append(x[b, idx].mean(dim=0))
         cols = self.columns(torch.stack(pooled))  # (N, k)
 
-        def loss_fn():
-            with start_at_layer(self.layers, self.layer, hidden), replay():
-                h = self.base(input_ids=tail_ids, attention_mask=mask, position_ids=pos[:, P + H:], use_cache=True,
-                              **{self.cache_kw: _fork_cache(cache)}).last_hidden_state  # (B, L, d)
-            total, logits, nll = self.nll(h[rr, tt], labels, weights, packed=self.packed is not None)
-            return total, logits, nll * weights
-
+        # what each step reads: the tail, the stream entering layer L, the answer positions (and the edited layer's
+        # replayed parts: its attention output and the memory's input, sam/core/layer_cache.py)
+        step_inputs = {"tail_ids": tail_ids, "mask": mask, "pos": pos[:, P + H:], "hidden": hidden, "rr": rr, "tt": tt,
+                       "labels": labels, "weights": weights}
+        if replayed:
+            step_inputs["attn"], step_inputs["x"] = replayed[0][0], replayed[1]
+        n_rest = replayed[0][1] if replayed else None
         upper = self.layers[self.layer:] if self.packed is not None else []  # the steps' skinny products
         if graphed and hasattr(cache, "layers") and all(hasattr(c, "keys") for c in cache.layers):
-            inputs = {"tail_ids": tail_ids, "mask": mask, "pos": pos[:, P + H:], "hidden": hidden, "cols": cols,
-                      "row_edit": edit_of_row.to(device)}
-            if replayed:
-                inputs["attn"], inputs["x"] = replayed[0][0], replayed[1]
-            for i in range(self.layer, len(cache.layers)):
-                inputs[f"k{i}"], inputs[f"v{i}"] = cache.layers[i].keys, cache.layers[i].values
             M, pad = len(labels), B * L - len(labels)  # the answer positions padded to rows x tail, weight 0
-            inputs.update(rr=torch.cat([rr, rr[:1].expand(pad)]), tt=torch.cat([tt, tt[:1].expand(pad)]),
-                          labels=torch.cat([labels, labels[:1].expand(pad)]),
-                          weights=torch.cat([weights, weights.new_zeros(pad)]))
+            padded = {**step_inputs, "cols": cols, "row_edit": edit_of_row.to(device),
+                      "rr": torch.cat([rr, rr[:1].expand(pad)]), "tt": torch.cat([tt, tt[:1].expand(pad)]),
+                      "labels": torch.cat([labels, labels[:1].expand(pad)]),
+                      "weights": torch.cat([weights, weights.new_zeros(pad)])}
+            for i in range(self.layer, len(cache.layers)):  # the head's keys and values where the steps read them
+                padded[f"k{i}"], padded[f"v{i}"] = cache.layers[i].keys, cache.layers[i].values
             with packed_linears(upper, self._packs, self.packed):
-                done = self._optimise_graphed(inputs, cache, replayed[0][1] if replayed else None, first[0], M, lr,
-                                              max_steps, stop_loss)
+                done = self._optimise_graphed(padded, cache, n_rest, first[0], M, lr, max_steps, stop_loss)
             if done is not None:
                 return [done]
         slot = TrainSlot(cols, torch.nn.Parameter(torch.zeros(len(rows), self.memory.out_features, cols.shape[1],
                                                               device=device)), edit_of_row.to(device))
         with packed_linears(upper, self._packs, self.packed):
-            return self._optimise(loss_fn, slot, edit_of, first, labels, len(rows), lr, max_steps, stop_loss)
+            return self._optimise(lambda: self._step_loss(step_inputs, cache, n_rest), slot, edit_of, first, labels,
+                                  len(rows), lr, max_steps, stop_loss)
+
+    def _step_loss(self, s: dict[str, torch.Tensor], cache, n_rest: int | None):
+        """One step's loss: the tail through the layers from the edited one up, after the head's KV cache (its
+        layers' keys and values replaced by s["k{i}"], s["v{i}"] where given), and lm_head -> (summed loss, (M, V)
+        logits, (M,) weighted NLL)."""
+        fork = _fork_cache(cache)
+        for i in range(self.layer, len(getattr(fork, "layers", ()))):
+            if f"k{i}" in s:
+                fork.layers[i].keys, fork.layers[i].values = s[f"k{i}"], s[f"v{i}"]
+        replay = self._edited.replay((s["attn"], n_rest), s["x"]) if "attn" in s else nullcontext()
+        with start_at_layer(self.layers, self.layer, s["hidden"]), replay:
+            h = self.base(input_ids=s["tail_ids"], attention_mask=s["mask"], position_ids=s["pos"], use_cache=True,
+                          **{self.cache_kw: fork}).last_hidden_state  # (B, L, d)
+        total, logits, nll = self.nll(h[s["rr"], s["tt"]], s["labels"], s["weights"], packed=self.packed is not None)
+        return total, logits, nll * s["weights"]
 
     def _optimise_graphed(self, inputs: dict[str, torch.Tensor], cache, n_rest: int | None, first: torch.Tensor,
                           M: int, lr: float, max_steps: int, stop_loss: float) -> TrainOutcome | None:
-        """One edit's optimisation through its bucket's graphed step (sam/core/edit_graphs.py): the same loop as
-        `_optimise` for one edit, its inputs padded to the bucket's shapes. `cache` gives the cache's structure;
-        the layers from the edited one up read the static keys and values."""
+        """One edit's optimisation through its bucket's graphed step (sam/core/edit_graphs.py): the loop of
+        `_optimise` for one edit, on its inputs padded to the bucket's shapes (M real answer positions). None where
+        the step could not be captured (graphs.error says why)."""
 
         def step(s: dict[str, torch.Tensor], delta: torch.nn.Parameter):
-            fork = _fork_cache(cache)
-            for i in range(self.layer, len(fork.layers)):
-                fork.layers[i].keys, fork.layers[i].values = s[f"k{i}"], s[f"v{i}"]
-            replay = self._edited.replay((s["attn"], n_rest), s["x"]) if n_rest is not None else nullcontext()
-            with self.memory.trainable(TrainSlot(s["cols"], delta, s["row_edit"])), \
-                    start_at_layer(self.layers, self.layer, s["hidden"]), replay:
-                h = self.base(input_ids=s["tail_ids"], attention_mask=s["mask"], position_ids=s["pos"],
-                              use_cache=True, **{self.cache_kw: fork}).last_hidden_state  # (B, L, d)
-            total, logits, nll = self.nll(h[s["rr"], s["tt"]], s["labels"], s["weights"],
-                                          packed=self.packed is not None)
-            return total, logits, nll * s["weights"]
+            with self.memory.trainable(TrainSlot(s["cols"], delta, s["row_edit"])):
+                return self._step_loss(s, cache, n_rest)
 
         g = self.graphs.step((self.layer, n_rest), step, inputs, (1, self.memory.out_features, inputs["cols"].shape[1]),
                              lr)
-        if g is None:  # it could not be captured (graphs.error says why): the eager loop on the padded inputs
+        if g is None:
             return None
         labels = inputs["labels"][:M]
         for steps in range(max_steps + 1):
