@@ -1,7 +1,7 @@
 """The skinny products of an edit's step on the CPU: torch's GEMM against oneDNN on a weight reordered once.
 
 Times, on the default model's own weights, the products sam/core/packed.py's docstring names: the edited
-layer's down-projection shape (12, 576) x (576, 1536) in fp32, and lm_head's bf16 copy forwards
+layer's down-projection (12, 1536) x (1536, 576) in fp32, and lm_head's bf16 copy forwards
 (12, 576) x (576, V) and backwards (12, V) x (V, 576). The same inputs alternate between the two paths
 (median of --repeats, weights out of cache: a large buffer is swept between calls), and the results are
 compared. Prints a rich table and writes results/edit/packed_products_cpu.json.

@@ -9,11 +9,12 @@ from the edited one up and through lm_head, forwards and backwards, so every pro
 torch's default CPU GEMM repacks W at every call, which at M ~ 12 costs about as much as the
 product. oneDNN's `_linear_pointwise` on a W reordered once (`_reorder_linear_weight`) computes the
 same products in the same precision; only the order of the sums differs (max relative difference
-~1e-6 in fp32). Measured on the 2-core benchmark CPU (AVX512-BF16), weights out of cache:
+~1e-6 in fp32). On the 2-core benchmark CPU (AVX512-BF16), weights out of cache, median ms
+(`python scripts/bench_packed.py`, results/edit/packed_products_cpu.json):
 
-    (12, 576) x (576, 1536) fp32              0.48 -> 0.24 ms
-    lm_head's bf16 copy, (12, 576) x (576, 49152)     7.6 -> 3.7 ms
-    its backward, (12, 49152) x (49152, 576)          7.6 -> 2.8 ms
+    (12, 1536) x (1536, 576) fp32, the edited layer's down-projection    0.35 -> 0.31
+    lm_head's bf16 copy, (12, 576) x (576, 49152)                        6.1 -> 3.0
+    its backward, (12, 49152) x (49152, 576)                             6.5 -> 2.6
 
 A copy may be made in bf16 from an fp32 weight (`dtype`): the product then runs on the CPU's bf16 dot
 products and its result comes back in fp32 (what that gains for a whole edit: scripts/bench_edit_paths.py).
