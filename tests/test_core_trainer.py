@@ -187,8 +187,10 @@ def test_the_static_padded_passes_of_the_edit_graphs_train_as_the_eager_loop(edi
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_the_cuda_graph_step_trains_as_the_eager_loop(tmp_path):
-    ed = MemoirEditor.open(tmp_path / "store", device="cuda")
+@pytest.mark.parametrize("model", ["tiny", "default"])
+def test_the_cuda_graphs_train_as_the_eager_loop(tmp_path, tiny_llama_dir, model):
+    tiny = {"model": str(tiny_llama_dir), "config": EditorConfig(layer=1, top_k=16)} if model == "tiny" else {}
+    ed = MemoirEditor.open(tmp_path / "store", device="cuda", **tiny)
     try:
         assert ed.trainer.graph_steps  # on by default on a GPU
         for fact in (FACT, SECOND, FACT):

@@ -673,6 +673,34 @@ def _kill_new_store() -> Case:
     return Case("kill", "new-store@atomic.before_rename", run, slow=True)
 
 
+def _kill_bench() -> Case:
+    def run(env: Env, d: Path) -> Outcome:
+        from sam.bench.facts import REPO as BENCH_REPO
+
+        t0, out = time.perf_counter(), Outcome("kill", "bench edit (between checkpoints) @ bench.chunk.after",
+                                               "recover")
+        store, results = d / "store", d / "results"
+        args = ("bench", "edit", "--data", str(BENCH_REPO / "data" / "zsre_sample.json"), "--model", env.model,
+                "--sizes", "3", "--batch", "1", "--eval-sample", "3", "--neighbours", "2", "--no-generation",
+                "--store", str(store), "--out", str(results), "--tag", "killed")
+        problems = _killed(sam(None, *args, env={"SAM_FAILPOINT": "bench.chunk.after"}), "bench.chunk.after")
+        problems += open_and_check(store)
+        problems += _expect(out, sam(None, *args), "work")  # resumes at fact 1
+        path = results / "killed.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        if len(result.get("edit_seconds", [])) != 3 or len(result.get("edit_of", {})) != 3:
+            problems.append(f"the resumed result records {len(result.get('edit_seconds', []))} facts' timings and "
+                            f"{len(result.get('edit_of', {}))} edit ids, want 3 each")
+            out.data_lost = True
+        elif not result["edit_seconds"][0] > 0:
+            problems.append("the killed run's first edit lost its timing")
+            out.data_lost = True
+        if (results / "killed.journal.jsonl").exists():
+            problems.append("the journal is left after the result holds its records")
+        return _finish(out, problems, t0)
+    return Case("kill", "bench@bench.chunk.after", run, slow=True)
+
+
 def kill_cases() -> list[Case]:
     cases = [_kill_export("atomic.before_rename"), _kill_export("export.partial")]
     cases += [_kill_upgrade(fp, committed) for fp, committed in (
@@ -689,7 +717,7 @@ def kill_cases() -> list[Case]:
         ("db.commit.after", "after", False), ("editor.revert.after", "after", False))]
     cases += [_kill_base("restore", "editor.revert.mid", "before"), _kill_base("restore", "db.commit.after", "after",
                                                                                   True)]
-    return cases + [_kill_repair(), _kill_new_store()]
+    return cases + [_kill_repair(), _kill_new_store(), _kill_bench()]
 
 
 # === (b) damaged stores ====================================================================================
