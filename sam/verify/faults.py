@@ -449,7 +449,7 @@ def _expect(out: Outcome, proc: Proc, expect: str, fragment: str = "", limit: fl
     elif expect == "work":
         if proc.rc != 0 or not proc.clean:
             problems.append(f"failed: {proc.brief()}")
-        elif fragment and fragment not in proc.out:
+        elif fragment and fragment not in " ".join(proc.out.split()):  # rich wraps long lines (paths) anywhere
             problems.append(f"output lacks '{fragment}': {proc.out[-300:]}")
     elif expect == "report":  # doctor --check: the problem in its report, exit 1
         if proc.rc != 1 or not proc.clean:
