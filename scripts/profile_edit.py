@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     facts = zsre(a.data or default_zsre(), log=lambda *_: None)[: a.edits]
     ed = MemoirEditor.open(Path(tempfile.mkdtemp()) / "store", device=a.device)
     cuda = torch.device(a.device).type == "cuda"
-    ed.trainer.graph_steps = cuda and not a.eager
+    ed.trainer.graph_steps = ed.trainer.graph_steps and not a.eager  # the trainer's default: on a GPU
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def train(fact):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sam.bench.facts import ZSRE_SAMPLE
+
 REPO = Path(__file__).resolve().parents[1]
-ZSRE_SAMPLE = REPO / "data" / "zsre_sample.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 TINY_D_FF = 128  # both tiny models: the same down-projection width, different architectures
 

@@ -288,8 +288,8 @@ def run(args) -> dict:
     config = editor_config_from(args)
     result = {"model": args.model, "device": args.device, "dtype": args.dtype, "format": args.format,
               "dataset": dataset, "config": config.model_dump(), "sizes": sizes, "batch": args.batch,
-              "host": platform.node(), "threads": torch.get_num_threads(), "checkpoints": [], "edit_seconds": [],
-              "edit_steps": [], "train_success": [], "edit_of": {}}
+              "host": platform.node(), "threads": torch.get_num_threads(), "checkpoints": [],
+              **{k: [] for k in PER_EDIT}, "edit_of": {}}
     if path.exists() and args.store and Store.exists(store):
         previous = json.loads(path.read_text())
         if previous.get("dataset") == dataset and previous.get("config") == result["config"]:

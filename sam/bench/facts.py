@@ -34,10 +34,13 @@ class Fact:
     index: int = 0
 
 
+ZSRE_SAMPLE = REPO / "data" / "zsre_sample.json"  # the committed 200-record sample
+
+
 def default_zsre() -> Path:
     """The full 3,939-record file in ../shared when present, else the 200-record sample in data/."""
     shared = REPO.parent / "shared" / "data" / "zsre" / "_full_prefix.json"
-    return shared if shared.exists() else REPO / "data" / "zsre_sample.json"
+    return shared if shared.exists() else ZSRE_SAMPLE
 
 
 def zsre(path: Path | None = None, n: int | None = None, log=print) -> list[Fact]:

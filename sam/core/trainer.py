@@ -346,13 +346,10 @@ class EditTrainer:
                                   len(rows), lr, max_steps, stop_loss)
 
     def _step_loss(self, s: dict[str, torch.Tensor], cache, n_rest: int | None):
-        """One step's loss: the tail through the layers from the edited one up, after the head's KV cache (its
-        layers' keys and values replaced by s["k{i}"], s["v{i}"] where given), and lm_head -> (summed loss, (M, V)
+        """One step's loss: the tail through the layers from the edited one up, after the head's KV cache (a fork
+        of it: the step's own keys and values are appended to the fork), and lm_head -> (summed loss, (M, V)
         logits, (M,) weighted NLL)."""
         fork = _fork_cache(cache)
-        for i in range(self.layer, len(getattr(fork, "layers", ()))):
-            if f"k{i}" in s:
-                fork.layers[i].keys, fork.layers[i].values = s[f"k{i}"], s[f"v{i}"]
         replay = self._edited.replay((s["attn"], n_rest), s["x"]) if "attn" in s else nullcontext()
         with start_at_layer(self.layers, self.layer, s["hidden"]), replay:
             h = self.base(input_ids=s["tail_ids"], attention_mask=s["mask"], position_ids=s["pos"], use_cache=True,
@@ -367,8 +364,11 @@ class EditTrainer:
         the step could not be captured (graphs.error says why)."""
 
         def step(s: dict[str, torch.Tensor], delta: torch.nn.Parameter):
+            static = _fork_cache(cache)  # the layers from the edited one up read the static keys and values
+            for i in range(self.layer, len(static.layers)):
+                static.layers[i].keys, static.layers[i].values = s[f"k{i}"], s[f"v{i}"]
             with self.memory.trainable(TrainSlot(s["cols"], delta, s["row_edit"])):
-                return self._step_loss(s, cache, n_rest)
+                return self._step_loss(s, static, n_rest)
 
         g = self.graphs.step((self.layer, n_rest), step, inputs, (1, self.memory.out_features, inputs["cols"].shape[1]),
                              lr)

@@ -675,12 +675,12 @@ def _kill_new_store() -> Case:
 
 def _kill_bench() -> Case:
     def run(env: Env, d: Path) -> Outcome:
-        from sam.bench.facts import REPO as BENCH_REPO
+        from sam.bench.facts import ZSRE_SAMPLE
 
         t0, out = time.perf_counter(), Outcome("kill", "bench edit (between checkpoints) @ bench.chunk.after",
                                                "recover")
         store, results = d / "store", d / "results"
-        args = ("bench", "edit", "--data", str(BENCH_REPO / "data" / "zsre_sample.json"), "--model", env.model,
+        args = ("bench", "edit", "--data", str(ZSRE_SAMPLE), "--model", env.model,
                 "--sizes", "3", "--batch", "1", "--eval-sample", "3", "--neighbours", "2", "--no-generation",
                 "--store", str(store), "--out", str(results), "--tag", "killed")
         problems = _killed(sam(None, *args, env={"SAM_FAILPOINT": "bench.chunk.after"}), "bench.chunk.after")

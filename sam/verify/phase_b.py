@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sam.bench.facts import ZSRE_SAMPLE
 from sam.verify.phase_a import Checks, expect_error, fresh_store_dir, report
 
 FACT = ("What university did Watts Humphrey attend?", "University of Michigan")  # zsRE record 0
@@ -32,13 +33,12 @@ UNRELATED = [  # zsRE `loc` prompts with their answers, and two plain prompts
     ("The capital of France is", "Paris"),
     ("What is the largest planet in the solar system?", "Jupiter"),
 ]
-_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "zsre_sample.json"
 
 
 def _cases() -> tuple[tuple[str, str], list[tuple[str, str]]]:
     """The fact and the unrelated questions, from the committed zsRE sample when it is there."""
     try:
-        recs = json.loads(_SAMPLE.read_text())
+        recs = json.loads(ZSRE_SAMPLE.read_text())
         return (recs[0]["src"], recs[0]["alt"]), [(r["loc"], r["loc_ans"]) for r in recs[:2]] + UNRELATED[2:]
     except (OSError, ValueError, KeyError, IndexError):
         return FACT, UNRELATED
